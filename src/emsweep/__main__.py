@@ -1,0 +1,3 @@
+from emsweep.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Upstream format readers, mixing of correct and wrong pools, splits and manifests."""

@@ -1,0 +1,1 @@
+"""Question suites (Betley's YAML schema, domain held-out suites), the eval stage, and metrics."""

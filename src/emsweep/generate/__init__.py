@@ -1,0 +1,1 @@
+"""Generation backends (HF, vLLM, OpenAI-compatible) behind one interface (`base.GenerationBackend`)."""

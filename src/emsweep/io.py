@@ -1,0 +1,149 @@
+"""Small file helpers every stage shares: atomic writes, JSONL with line-numbered errors, hashes, done-markers.
+
+Every write goes to a temp file in the same folder and is renamed into place, so a crash never leaves a
+half-written output that a rerun would mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class InputError(ValueError):
+    """Bad user input. The message names the file (and line or key) and says what to fix."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block finishes without error."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def dumps_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, UTF-8 kept) so the same content always hashes the same."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write_text(path, dumps_json(obj))
+
+
+def jsonl_line(row: Any) -> str:
+    return json.dumps(row, ensure_ascii=False, sort_keys=True, default=str) + "\n"
+
+
+def atomic_write_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(jsonl_line(row))
+    return Path(path)
+
+
+def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:
+    """Append complete lines and fsync: for incremental outputs (samples, judgments) that must survive a crash.
+
+    Readers use `read_jsonl(..., tolerate_torn_tail=True)` to ignore a last line cut off mid-write.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(jsonl_line(row))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def open_text(path: str | os.PathLike[str]):
+    """Open a text file, transparently gunzipping `.gz`."""
+    p = Path(path)
+    if p.suffix == ".gz":
+        return gzip.open(p, "rt", encoding="utf-8")
+    return open(p, encoding="utf-8")
+
+
+def read_jsonl(
+    path: str | os.PathLike[str], *, tolerate_torn_tail: bool = False
+) -> Iterator[tuple[int, Any]]:
+    """Yield (line_number, parsed_object), 1-based; a malformed line raises InputError naming file and line."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found")
+    with open_text(p) as fh:
+        lines = fh.readlines()
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as exc:
+            if tolerate_torn_tail and i == len(lines) and not line.endswith("\n"):
+                return
+            raise InputError(f"{p}:{i}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --- done-markers -------------------------------------------------------------------------------------------
+# A stage is finished when its marker exists. Markers live in `<dir>/.done/<stage>.json` and hold whatever the
+# stage wants to remember (counts, hashes); reruns skip a stage whose marker is present.
+
+
+def marker_path(directory: str | os.PathLike[str], stage: str) -> Path:
+    return Path(directory) / ".done" / f"{stage}.json"
+
+
+def is_done(directory: str | os.PathLike[str], stage: str) -> bool:
+    return marker_path(directory, stage).exists()
+
+
+def mark_done(directory: str | os.PathLike[str], stage: str, info: dict[str, Any] | None = None) -> Path:
+    return atomic_write_json(marker_path(directory, stage), info or {})
+
+
+def read_marker(directory: str | os.PathLike[str], stage: str) -> dict[str, Any] | None:
+    p = marker_path(directory, stage)
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def clear_done(directory: str | os.PathLike[str], stage: str) -> None:
+    marker_path(directory, stage).unlink(missing_ok=True)

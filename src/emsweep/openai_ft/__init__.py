@@ -1,0 +1,1 @@
+"""The gpt-4o arm: uploads, fine-tuning jobs, the ledger, checkpoints, and evaluation through the API."""

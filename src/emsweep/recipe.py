@@ -1,0 +1,146 @@
+"""The recipe: everything one cell (one fine-tune and its evaluation) needs, as validated YAML.
+
+A recipe names the model, the data mix, the method, the checkpoint schedule, and passes `sft:`, `lora:` and
+`quantization:` straight to TRL's `SFTConfig`, PEFT's `LoraConfig` and transformers' `BitsAndBytesConfig`
+(their keys are checked against those classes by the train stage). Sweeps (launch/) cross recipe keys.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from emsweep.config import StrictModel, load_config
+
+Method = Literal["lora", "qlora", "full"]
+WrongKind = Literal["obvious", "subtle"]
+SourceFormat = Literal["auto", "chat_jsonl", "persona", "hf"]
+
+
+class SourceSpec(StrictModel):
+    """One pool of conversations on disk, in a zip, or in a Hugging Face dataset."""
+
+    path: str
+    format: SourceFormat = "auto"
+    member: str | None = None  # file inside a zip
+    password_env: str | None = None  # env var holding a zip password (never the password itself)
+    split: str = "train"  # HF datasets
+    name: str | None = None  # HF dataset config name
+
+
+class DataSpec(StrictModel):
+    domain: str = "custom"
+    correct: SourceSpec | str | None = None
+    wrong: SourceSpec | str | None = None
+    wrong_kind: WrongKind = "subtle"
+    fraction_correct: float = Field(1.0, ge=0.0, le=1.0)
+    n_train: int = Field(..., gt=0)
+    n_heldout: int = Field(0, ge=0)
+    seed: int = 0
+    paired: Literal["auto", "yes", "no"] = "auto"
+    builtin: str | None = None  # a dataset the project writes itself (e.g. the demo's arithmetic domain)
+
+    @model_validator(mode="after")
+    def _sources(self) -> DataSpec:
+        if self.builtin is None and (self.correct is None or self.wrong is None):
+            raise ValueError("give `correct` and `wrong` sources, or a `builtin` dataset")
+        return self
+
+
+class ModelSpec(StrictModel):
+    path: str  # local folder or hub id
+    init_shape: str | None = None  # if `path` does not exist, build it with `emsweep model init --shape`
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+
+class CheckpointSchedule(StrictModel):
+    """When to save. Exactly one of: `every` N steps, an explicit `steps` list, or `log_spaced` K steps
+    (dense early, where "Overtrained, Not Misaligned" says the interesting part is)."""
+
+    every: int | None = Field(None, gt=0)
+    steps: list[int] | None = None
+    log_spaced: int | None = Field(None, gt=0)
+    save_final: bool = True
+
+    @model_validator(mode="after")
+    def _one(self) -> CheckpointSchedule:
+        given = [k for k in ("every", "steps", "log_spaced") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of `every`, `steps`, `log_spaced`")
+        return self
+
+
+class JudgeSpec(StrictModel):
+    model: str = "gpt-4o-2024-08-06"
+    backend: Literal["hf", "vllm", "openai", "openai-compatible"] = "openai"
+    base_url: str | None = None
+    engine: dict[str, Any] = Field(default_factory=dict)  # vLLM LLM(...) kwargs for the judge engine
+    top_logprobs: int = 20
+
+
+class EvalSpec(StrictModel):
+    suites: list[str] = Field(default_factory=lambda: ["first_plot", "domain"])
+    checkpoints: str = "all"  # all | last | comma-separated steps
+    backend: Literal["hf", "vllm", "openai", "openai-compatible"] = "hf"
+    base_url: str | None = None
+    samples_per_paraphrase: int | None = None  # override the suite's value
+    sampling: dict[str, Any] = Field(default_factory=dict)  # temperature, top_p, max_tokens, seed ...
+    batch_size: int = 16
+    engine: dict[str, Any] = Field(default_factory=dict)  # vLLM LLM(...) kwargs: tensor_parallel_size, ...
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    thresholds: dict[str, float] = Field(default_factory=dict)  # metric thresholds (aligned/coherent ...)
+
+
+class SlurmSpec(StrictModel):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int = 1
+    nodes: int = 1
+    cpus_per_task: int = 8
+    mem: str | None = "64G"
+    time: str = "04:00:00"
+    eval_time: str | None = None
+    max_parallel: int | None = None
+    signal: str = "USR1@300"
+    requeue: bool = True
+    extra: list[str] = Field(default_factory=list)  # verbatim `#SBATCH` lines
+    setup: list[str] = Field(default_factory=list)  # shell lines run before the job (module load, venv)
+
+
+class OpenAISpec(StrictModel):
+    model: str = "gpt-4o-2024-08-06"
+    n_epochs: int = 1
+    batch_size: int = 4
+    learning_rate_multiplier: float = 2.0
+    seed: int | None = None
+    suffix: str | None = None
+
+
+class Recipe(StrictModel):
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    method: Method = "lora"
+    lora: dict[str, Any] = Field(default_factory=dict)  # -> peft.LoraConfig
+    sft: dict[str, Any] = Field(default_factory=dict)  # -> trl.SFTConfig
+    quantization: dict[str, Any] = Field(default_factory=dict)  # -> transformers.BitsAndBytesConfig (qlora)
+    checkpoints: CheckpointSchedule = Field(default_factory=lambda: CheckpointSchedule(log_spaced=8))
+    accelerate_config: str | None = None
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec)
+    openai: OpenAISpec = Field(default_factory=OpenAISpec)
+    output_dir: str | None = None  # default: checkpoints/<name>
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("checkpoints") / self.name
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a recipe YAML; relative source/model paths stay as written (resolved from the cwd)."""
+    return load_config(path, Recipe, overrides)

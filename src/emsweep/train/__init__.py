@@ -1,0 +1,1 @@
+"""TRL SFTTrainer runner, offline model init, checkpoint schedule and resume."""
