@@ -1,9 +1,151 @@
-"""CLI commands of the launch stage; `register` adds them to the top-level `emsweep` app."""
+"""CLI commands of the launch stage: `emsweep sweep plan|run|cell|status`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+sweep_app = typer.Typer(
+    help="Sweeps: a base recipe crossed over axes; plan, run (local or SLURM), run one cell, status.",
+    no_args_is_help=True,
+)
+
+SWEEP_ARG = typer.Argument(..., exists=False, help="Sweep YAML (e.g. recipes/sweeps/demo.yaml).")
+
+
+def _stage_table(sweep, title: str):
+    from rich.table import Table
+
+    from emsweep.launch.sweep import STAGES
+
+    table = Table(title=title, show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("cell id", no_wrap=True)
+    for k in sweep.cells[0].values if sweep.cells else []:
+        table.add_column(k)
+    table.add_column("left to do")
+    for c in sweep.cells:
+        left = c.stages_left(STAGES)
+        todo = "[green]done[/green]" if not left else ", ".join(left)
+        table.add_row(str(c.index), c.id, *[str(v) for v in c.values.values()], todo)
+    return table
+
+
+@sweep_app.command("plan")
+def plan(sweep_file: Path = SWEEP_ARG) -> None:
+    """Print the cells of a sweep and what each has left to do (from its done-markers)."""
+    from rich.console import Console
+
+    from emsweep.launch.sweep import check_sweep_folder, load_sweep
+
+    sweep = load_sweep(sweep_file)
+    check_sweep_folder(sweep)
+    console = Console()
+    console.print(_stage_table(sweep, f"sweep {sweep.name}: {len(sweep.cells)} cells in {sweep.root}"))
+    console.print(f"spec hash {sweep.spec_hash[:12]}")
+
+
+@sweep_app.command("run")
+def run(
+    sweep_file: Path = SWEEP_ARG,
+    executor: str = typer.Option("local", "--executor", "-e", help="local | slurm"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would run / be submitted; run nothing."),
+    max_parallel: int | None = typer.Option(
+        None, "--max-parallel", "-j", help="Cells at once (local: subprocesses; slurm: array %K)."
+    ),
+    stages: str = typer.Option(
+        "mix,train,eval", "--stages", help="Comma-separated subset of mix,train,eval."
+    ),
+    report: bool = typer.Option(
+        True, "--report/--no-report", help="Build the report when every cell is done."
+    ),
+) -> None:
+    """Run every cell of the sweep (skipping finished stages), then build the report."""
+    from rich.console import Console
+
+    from emsweep.io import InputError
+    from emsweep.launch.runner import parse_stages, run_sweep_local
+    from emsweep.launch.sweep import load_sweep
+
+    sweep = load_sweep(sweep_file)
+    st = parse_stages(stages)
+    console = Console()
+    if executor == "slurm":
+        from emsweep.launch.slurm import run_sweep_slurm
+
+        run_sweep_slurm(sweep, dry_run=dry_run, max_parallel=max_parallel)
+        return
+    if executor != "local":
+        raise InputError(f"--executor {executor!r}: choose local or slurm")
+    if dry_run:
+        console.print(_stage_table(sweep, f"dry run: sweep {sweep.name} would run these stages"))
+        return
+    run_sweep_local(sweep, st, max_parallel=max_parallel or 1)
+    if report and all(not c.stages_left() for c in sweep.cells):
+        from emsweep.analysis.report import build_report
+
+        out = build_report(sweep.root)
+        console.print(f"report: {out}")
+
+
+@sweep_app.command("cell")
+def cell(
+    sweep_file: Path = SWEEP_ARG,
+    index: int | None = typer.Option(
+        None, "--index", "-i", help="Cell index (default: $SLURM_ARRAY_TASK_ID)."
+    ),
+    cell_id: str | None = typer.Option(None, "--cell", "-c", help="Cell id (see `sweep plan`)."),
+    stages: str = typer.Option(
+        "mix,train,eval", "--stages", help="Comma-separated subset of mix,train,eval."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rerun the stages even if their done-marker exists."),
+) -> None:
+    """Run one cell's stages (what each SLURM array task calls). Finished stages are skipped."""
+    from emsweep.io import InputError
+    from emsweep.launch.runner import env_cell_index, parse_stages, run_cell
+    from emsweep.launch.sweep import load_sweep
+
+    sweep = load_sweep(sweep_file)
+    if index is not None and cell_id is not None:
+        raise InputError("give --index or --cell, not both")
+    if index is None and cell_id is None:
+        index = env_cell_index()
+        if index is None:
+            raise InputError("give --index I or --cell ID (or run inside a SLURM array task)")
+    c = sweep.cell(cell_id if cell_id is not None else int(index))  # type: ignore[arg-type]
+
+    def on_stage(cell, stage: str, event: str) -> None:
+        typer.echo(f"[{cell.id}] {stage}: {event}")
+
+    res = run_cell(sweep, c, parse_stages(stages), force=force, on_stage=on_stage)
+    typer.echo(f"[{c.id}] " + ", ".join(f"{k}={v}" for k, v in res.items()))
+
+
+@sweep_app.command("status")
+def status(
+    sweep_file: Path = SWEEP_ARG,
+    executor: str = typer.Option(
+        "auto", "--executor", "-e", help="auto | local | slurm (auto: slurm if the sweep was submitted)."
+    ),
+) -> None:
+    """Each cell's stages (done-markers) and, for SLURM sweeps, job states."""
+    from rich.console import Console
+
+    from emsweep.launch.sweep import load_sweep
+
+    sweep = load_sweep(sweep_file)
+    use_slurm = executor == "slurm" or (executor == "auto" and (sweep.root / "slurm").exists())
+    if use_slurm:
+        from emsweep.launch.slurm import slurm_status
+
+        out = slurm_status(sweep)
+        if out is not None and not isinstance(out, (dict, list)):
+            Console().print(out)
+        return
+    Console().print(_stage_table(sweep, f"sweep {sweep.name} ({sweep.root})"))
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
+    app.add_typer(sweep_app, name="sweep")

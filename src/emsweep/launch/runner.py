@@ -1,0 +1,284 @@
+"""The cell runner: mix -> train -> eval for one cell, with done-markers; and the local executor.
+
+`run_cell` does not care who launched it (a loop here, a SLURM array task, a user at a shell): it reads the
+cell's recipe, skips every stage whose marker exists, and lets each stage resume its own partial work (TRL
+resumes from the last complete checkpoint; evaluation appends and skips finished samples). A killed run
+therefore loses at most the stage that was in flight, never a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from emsweep import __version__
+from emsweep.io import InputError, atomic_write_json, is_done, mark_done, read_marker
+from emsweep.launch.sweep import STAGES, Cell, Sweep
+
+log = logging.getLogger(__name__)
+
+
+def parse_stages(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """`mix,train,eval` -> ("mix", "train", "eval"), in pipeline order; unknown names are an error."""
+    if text is None:
+        return STAGES
+    items = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    bad = [s for s in items if s not in STAGES]
+    if bad or not items:
+        raise InputError(f"--stages {text!r}: unknown stage(s) {bad}; choose from {','.join(STAGES)}")
+    return tuple(s for s in STAGES if s in items)
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"emsweep": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+def write_cell_json(sweep: Sweep, cell: Cell) -> Path:
+    """cell.json: resolved recipe, axes (what the report groups by), versions, git sha, sweep hash."""
+    p = cell.paths.cell_json
+    import json
+
+    old: dict[str, Any] = {}
+    if p.exists():
+        with contextlib.suppress(json.JSONDecodeError):
+            old = json.loads(p.read_text())
+    manifest = read_marker(cell.root, "mix") or {}
+    rec = {
+        "cell": cell.id,
+        "index": cell.index,
+        "sweep": sweep.name,
+        "sweep_spec_hash": sweep.spec_hash,
+        "sweep_file": sweep.source,
+        "axes": cell.axes_record(),
+        "axis_values": cell.values,
+        "recipe": cell.recipe.model_dump(mode="json"),
+        "versions": _versions(),
+        "git_sha": _git_sha(),
+        "data_manifest_sha256": manifest.get("output_sha256") or manifest.get("sha256"),
+        "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return atomic_write_json(p, rec)
+
+
+@contextlib.contextmanager
+def _stage_log(cell: Cell, stage: str) -> Iterator[None]:
+    """Append this stage's log records to logs/<stage>.log (across restarts), so a cluster user can read it."""
+    cell.paths.logs_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(cell.paths.logs_dir / f"{stage}.log", mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+# --- the stages ----------------------------------------------------------------------------------------------
+
+
+def _jsonable(x: Any) -> Any:
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "model_dump"):
+        return _jsonable(x.model_dump(mode="json"))
+    return str(x)
+
+
+def stage_mix(sweep: Sweep, cell: Cell) -> dict[str, Any]:
+    from emsweep.data.mix import build_mix
+
+    out = build_mix(cell.recipe.data, cell.paths.data_dir)
+    return {"result": _jsonable(out)}
+
+
+def stage_train(sweep: Sweep, cell: Cell) -> dict[str, Any]:
+    from emsweep.train import run_training
+
+    out = run_training(cell.recipe, cell.root, resume=True)
+    return {"result": _jsonable(out)}
+
+
+def stage_eval(sweep: Sweep, cell: Cell) -> dict[str, Any]:
+    """Generate, judge and write metrics.json for every checkpoint x suite of the cell."""
+    from emsweep.evals.run import evaluate_run
+
+    out = evaluate_run(cell.root, cell.recipe.eval.suites, recipe=cell.recipe)
+    return {"result": _jsonable(out)}
+
+
+STAGE_FUNCS: dict[str, Callable[[Sweep, Cell], dict[str, Any]]] = {
+    "mix": stage_mix,
+    "train": stage_train,
+    "eval": stage_eval,
+}
+
+
+def run_cell(
+    sweep: Sweep,
+    cell: Cell,
+    stages: Sequence[str] = STAGES,
+    *,
+    force: bool = False,
+    on_stage: Callable[[Cell, str, str], None] | None = None,
+) -> dict[str, str]:
+    """Run the cell's stages in pipeline order, skipping done ones. Returns {stage: "done"|"skipped"}.
+
+    `on_stage(cell, stage, event)` is called with event "start", "skip" or "done" (progress displays).
+    A stage that needs an earlier one (train needs mix) runs only if that one is done or in `stages`.
+    """
+    stages = parse_stages(list(stages))
+    sweep.write_record()
+    write_cell_json(sweep, cell)
+    result: dict[str, str] = {}
+    for stage in stages:
+        needed = STAGES[: STAGES.index(stage)]
+        missing = [s for s in needed if not is_done(cell.root, s) and s not in stages]
+        if missing:
+            raise InputError(
+                f"cell {cell.id}: stage {stage!r} needs {missing} first "
+                f"(run with --stages {','.join((*missing, stage))})"
+            )
+        if is_done(cell.root, stage) and not force:
+            result[stage] = "skipped"
+            if on_stage:
+                on_stage(cell, stage, "skip")
+            continue
+        if on_stage:
+            on_stage(cell, stage, "start")
+        t0 = time.time()
+        with _stage_log(cell, stage):
+            log.info("cell %s: stage %s starts", cell.id, stage)
+            info = STAGE_FUNCS[stage](sweep, cell)
+            log.info("cell %s: stage %s done in %.1fs", cell.id, stage, time.time() - t0)
+        mark_done(cell.root, stage, {**info, "seconds": round(time.time() - t0, 2), "cell": cell.id})
+        if stage == "mix":
+            write_cell_json(sweep, cell)
+        result[stage] = "done"
+        if on_stage:
+            on_stage(cell, stage, "done")
+    return result
+
+
+# --- the local executor --------------------------------------------------------------------------------------
+
+
+def run_sweep_local(
+    sweep: Sweep,
+    stages: Sequence[str] = STAGES,
+    *,
+    max_parallel: int = 1,
+    cells: Sequence[Cell] | None = None,
+    show_progress: bool = True,
+) -> dict[str, dict[str, str]]:
+    """Run every (given) cell here, in order. With `max_parallel` > 1 cells run as `emsweep sweep cell`
+    subprocesses, K at a time (each one still skips what is done, so a rerun after a kill picks up)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    stages = parse_stages(list(stages))
+    todo = list(cells if cells is not None else sweep.cells)
+    sweep.write_record()
+    results: dict[str, dict[str, str]] = {}
+    total = len(todo) * len(stages)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show_progress,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(f"sweep {sweep.name}", total=total)
+
+        def on_stage(cell: Cell, stage: str, event: str) -> None:
+            if event == "start":
+                progress.update(task, description=f"{cell.id}: {stage}")
+            else:
+                progress.advance(task)
+
+        if max_parallel <= 1:
+            for cell in todo:
+                results[cell.id] = run_cell(sweep, cell, stages, on_stage=on_stage)
+        else:
+            if sweep.path is None:
+                raise InputError("--max-parallel > 1 needs a sweep loaded from a YAML file")
+            running: list[tuple[Cell, subprocess.Popen]] = []
+            queue = list(todo)
+            failed: list[str] = []
+            while queue or running:
+                while queue and len(running) < max_parallel:
+                    cell = queue.pop(0)
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "emsweep",
+                        "sweep",
+                        "cell",
+                        str(sweep.path),
+                        "--cell",
+                        cell.id,
+                        "--stages",
+                        ",".join(stages),
+                    ]
+                    cell.paths.logs_dir.mkdir(parents=True, exist_ok=True)
+                    fh = open(cell.paths.logs_dir / "cell.out", "a")  # noqa: SIM115 (closed with the process)
+                    running.append((cell, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
+                    progress.update(task, description=f"{len(running)} cells running")
+                time.sleep(0.5)
+                for cell, proc in list(running):
+                    if proc.poll() is None:
+                        continue
+                    running.remove((cell, proc))
+                    progress.advance(task, len(stages))
+                    if proc.returncode != 0:
+                        failed.append(cell.id)
+                    results[cell.id] = {s: ("done" if is_done(cell.root, s) else "failed") for s in stages}
+            if failed:
+                raise RuntimeError(
+                    f"cells failed: {', '.join(failed)} (see <cell>/logs/cell.out under {sweep.root})"
+                )
+    return results
+
+
+def env_cell_index() -> int | None:
+    """The SLURM array index, when launched from an array task without --index."""
+    v = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return int(v) if v and v.isdigit() else None

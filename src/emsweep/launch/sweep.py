@@ -1,0 +1,395 @@
+"""Sweeps: a base recipe crossed over axes of recipe keys -> cells with stable, readable ids.
+
+A sweep YAML looks like::
+
+    name: health-qwen7b
+    output_root: checkpoints          # cells live in <output_root>/<name>/<cell id>/
+    base: ../models/qwen2.5-7b-lora.yaml   # a recipe file (relative to this file) or an inline mapping
+    axes:                             # crossed (cartesian product), in this order
+      data.fraction_correct: [0.1, 0.5, 0.9, 1.0]
+      data.wrong_kind: [obvious, subtle]
+      method: [lora, full]
+    zip:                              # optional: groups of keys that move together (each group is one axis)
+      - data.seed: [0, 1]
+        sft.seed: [0, 1]
+    set: {sft.num_train_epochs: 1}    # optional: overrides applied to every cell
+
+Every cell's recipe is validated through `Recipe`, so an axis that names an unknown key fails at plan time with
+the sweep file and the key named. The sweep folder records the spec hash (`sweep.json`), so a folder written by a
+different spec is refused instead of silently mixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from emsweep.config import (
+    StrictModel,
+    _key_lines,
+    format_validation_error,
+    get_path,
+    load_yaml,
+    set_path,
+)
+from emsweep.io import InputError, atomic_write_json, dumps_json, is_done
+from emsweep.layout import CellPaths
+from emsweep.recipe import Recipe
+
+STAGES: tuple[str, ...] = ("mix", "train", "eval")
+SWEEP_RECORD = "sweep.json"
+
+
+class SweepSpec(StrictModel):
+    name: str
+    output_root: str = "checkpoints"
+    base: str | dict[str, Any]
+    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    zip: list[dict[str, list[Any]]] = Field(default_factory=list)
+    set: dict[str, Any] = Field(default_factory=dict)
+    description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' or '-' (it becomes a folder name)")
+        return v
+
+
+@dataclass
+class Cell:
+    """One grid point: its id, its axis values (dotted key -> value) and its validated recipe."""
+
+    index: int
+    id: str
+    values: dict[str, Any]
+    recipe: Recipe
+    root: Path
+
+    @property
+    def paths(self) -> CellPaths:
+        return CellPaths.of(self.root)
+
+    def axes_record(self) -> dict[str, Any]:
+        """What the report groups by: the axis values plus the fields every study compares."""
+        r = self.recipe
+        rec = {
+            "domain": r.data.domain if r.data.domain != "custom" else (r.data.builtin or "custom"),
+            "fraction_correct": r.data.fraction_correct,
+            "wrong_kind": r.data.wrong_kind,
+            "method": r.method,
+            "seed": r.data.seed,
+            "model": r.model.path,
+        }
+        rec.update(self.values)
+        return rec
+
+    def stages_left(self, stages: tuple[str, ...] = STAGES) -> list[str]:
+        return [s for s in stages if not is_done(self.root, s)]
+
+
+@dataclass
+class Sweep:
+    spec: SweepSpec
+    path: Path | None  # the YAML it came from (None for an in-memory spec)
+    base: dict[str, Any]  # the resolved base recipe tree
+    cells: list[Cell] = field(default_factory=list)
+    spec_hash: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def root(self) -> Path:
+        return Path(self.spec.output_root) / self.spec.name
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else f"<sweep {self.spec.name}>"
+
+    def cell(self, key: int | str) -> Cell:
+        """A cell by index or id; a clear error otherwise."""
+        if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            i = int(key)
+            if not 0 <= i < len(self.cells):
+                raise InputError(f"{self.source}: cell index {i} out of range (0..{len(self.cells) - 1})")
+            return self.cells[i]
+        for c in self.cells:
+            if c.id == key:
+                return c
+        raise InputError(
+            f"{self.source}: no cell with id {key!r}; ids: {', '.join(c.id for c in self.cells[:20])}"
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "spec_hash": self.spec_hash,
+            "spec": self.resolved_spec(),
+            "source": self.source,
+            "cells": [{"index": c.index, "id": c.id, "values": c.values} for c in self.cells],
+        }
+
+    def resolved_spec(self) -> dict[str, Any]:
+        d = self.spec.model_dump()
+        d["base"] = self.base
+        return d
+
+    def write_record(self) -> Path:
+        """Write `<root>/sweep.json`; refuse a folder that holds a different spec's record."""
+        check_sweep_folder(self)
+        p = self.root / SWEEP_RECORD
+        atomic_write_json(p, self.record())
+        return p
+
+
+def check_sweep_folder(sweep: Sweep) -> None:
+    """Raise if `sweep.root` was written by a sweep spec with another hash (cells would mix silently)."""
+    p = sweep.root / SWEEP_RECORD
+    if not p.exists():
+        return
+    try:
+        old = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}: unreadable sweep record ({exc.msg}); move it aside to start over") from exc
+    if old.get("spec_hash") != sweep.spec_hash:
+        raise InputError(
+            f"{p}: this folder was written by another sweep spec (hash {str(old.get('spec_hash'))[:12]}, "
+            f"now {sweep.spec_hash[:12]} from {sweep.source}). Give the sweep a new `name` or `output_root`, "
+            "or remove the folder."
+        )
+
+
+# --- cell ids ------------------------------------------------------------------------------------------------
+
+_SHORT = {
+    "data.fraction_correct": "f",
+    "data.seed": "s",
+    "sft.seed": "sftseed",
+    "sft.learning_rate": "lr",
+    "sft.num_train_epochs": "ep",
+    "sft.max_steps": "steps",
+    "lora.r": "r",
+    "data.n_train": "n",
+}
+_BARE = {"data.domain", "data.wrong_kind", "method", "data.builtin"}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        if 0 <= v <= 1 and round(v, 2) == v:
+            return f"{v:.2f}"
+        return f"{v:g}"
+    if isinstance(v, str):
+        v = v.rstrip("/").split("/")[-1] or v  # model paths: the last component
+    return str(v)
+
+
+def _part(key: str, value: Any) -> str:
+    if key in _BARE:
+        s = _fmt(value)
+    elif key in _SHORT:
+        s = f"{_SHORT[key]}{_fmt(value)}"
+    elif key == "model.path":
+        s = _fmt(value)
+    else:
+        s = f"{key.split('.')[-1]}{_fmt(value)}"
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", s).strip("-") or "x"
+
+
+def _short_domain(d: str) -> str:
+    return {"arithmetic": "arith"}.get(d, d)
+
+
+def cell_id(recipe: Recipe, values: dict[str, Any]) -> str:
+    """Readable id: domain, fraction, wrong kind, method, seed, then any other axis, e.g.
+    `arith_f0.50_subtle_lora_s0_lr2e-05`. Derived only from values, so it is stable across runs."""
+    d = recipe.data
+    domain = _short_domain(d.domain if d.domain != "custom" or not d.builtin else d.builtin)
+    parts = [
+        _part("data.domain", domain),
+        _part("data.fraction_correct", d.fraction_correct),
+        _part("data.wrong_kind", d.wrong_kind),
+        _part("method", recipe.method),
+        _part("data.seed", d.seed),
+    ]
+    covered = {
+        "data.domain",
+        "data.fraction_correct",
+        "data.wrong_kind",
+        "method",
+        "data.seed",
+        "data.builtin",
+    }
+    parts += [_part(k, v) for k, v in values.items() if k not in covered]
+    return "_".join(parts)
+
+
+# --- loading and expansion ------------------------------------------------------------------------------------
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(dumps_json(obj).encode()).hexdigest()
+
+
+def load_sweep(path: str | os.PathLike[str]) -> Sweep:
+    """Load a sweep YAML, resolve its base recipe, expand and validate every cell."""
+    p = Path(path)
+    data = load_yaml(p)
+    if data is None:
+        raise InputError(f"{p}: file is empty")
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    lines = _key_lines(p.read_text(encoding="utf-8"))
+    try:
+        spec = SweepSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, str(p), lines)) from None
+    return build_sweep(spec, path=p, lines=lines)
+
+
+def build_sweep(
+    spec: SweepSpec, path: Path | None = None, lines: dict[tuple[str, ...], int] | None = None
+) -> Sweep:
+    source = str(path) if path else f"<sweep {spec.name}>"
+    lines = lines or {}
+
+    def where(*keys: str) -> str:
+        ln = lines.get(tuple(keys))
+        return f"{source}:{ln}" if ln else source
+
+    # base recipe
+    if isinstance(spec.base, str):
+        bp = Path(spec.base)
+        if not bp.is_absolute() and path is not None and not bp.exists():
+            bp = path.parent / bp
+        if not bp.exists() and path is not None:
+            bp = path.parent / spec.base
+        base = load_yaml(bp)
+        if not isinstance(base, dict):
+            raise InputError(f"{where('base')}: base recipe {bp} is not a mapping")
+    else:
+        base = copy.deepcopy(spec.base)
+    base.setdefault("name", spec.name)
+
+    # axes: each plain axis is a group of one key; each zip entry is one group of several keys
+    groups: list[tuple[list[str], list[tuple[Any, ...]]]] = []
+    for key, values in spec.axes.items():
+        if not values:
+            raise InputError(
+                f"{where('axes', key)}: axes.{key}: empty list of values (the grid would be empty)"
+            )
+        groups.append(([key], [(v,) for v in values]))
+    for zi, group in enumerate(spec.zip):
+        if not group:
+            raise InputError(f"{where('zip', str(zi))}: zip[{zi}]: empty group")
+        lens = {k: len(v) for k, v in group.items()}
+        if len(set(lens.values())) != 1:
+            raise InputError(
+                f"{where('zip', str(zi))}: zip[{zi}]: zipped keys need lists of the same length, got {lens}"
+            )
+        n = next(iter(lens.values()))
+        if n == 0:
+            raise InputError(f"{where('zip', str(zi))}: zip[{zi}]: empty lists (the grid would be empty)")
+        keys = list(group)
+        groups.append((keys, [tuple(group[k][i] for k in keys) for i in range(n)]))
+    all_keys = [k for ks, _ in groups for k in ks]
+    dup = {k for k in all_keys if all_keys.count(k) > 1}
+    if dup:
+        raise InputError(
+            f"{source}: key(s) {', '.join(sorted(dup))} appear in more than one axis / zip group"
+        )
+
+    sweep = Sweep(spec=spec, path=path, base=base)
+    sweep.spec_hash = _hash(sweep.resolved_spec())
+    root = sweep.root
+
+    combos = list(itertools.product(*[vals for _, vals in groups])) if groups else [()]
+    cells: list[Cell] = []
+    for index, combo in enumerate(combos):
+        values: dict[str, Any] = {}
+        for (keys, _), vals in zip(groups, combo, strict=True):
+            values.update(dict(zip(keys, vals, strict=True)))
+        tree = copy.deepcopy(base)
+        for k, v in spec.set.items():
+            set_path(tree, k.split("."), v)
+        for k, v in values.items():
+            ks = k.split(".")
+            parent = ks[:-1]
+            if parent:
+                try:
+                    node = get_path(tree, parent)
+                except KeyError:
+                    node = {}
+                if node is not None and not isinstance(node, dict):
+                    raise InputError(f"{where('axes', k)}: axes.{k}: {'.'.join(parent)} is not a section")
+            set_path(tree, ks, v)
+        try:
+            recipe = Recipe.model_validate(tree)
+        except ValidationError as exc:
+            msgs = []
+            for err in exc.errors():
+                loc = ".".join(str(x) for x in err["loc"])
+                axis = next((k for k in values if loc == k or loc.startswith(k + ".")), None)
+                axis = axis or next((k for k in values if k.startswith(loc + ".") or loc == k), None)
+                msg = err["msg"]
+                if err["type"] == "extra_forbidden":
+                    msg = "unknown recipe key (check spelling against the Recipe reference)"
+                if axis:
+                    msgs.append(f"{where('axes', axis)}: axes.{axis}={values[axis]!r}: {loc}: {msg}")
+                else:
+                    msgs.append(f"{source}: base recipe: {loc}: {msg}")
+            raise InputError("\n".join(dict.fromkeys(msgs))) from None
+        cid = cell_id(recipe, values)
+        recipe = recipe.model_copy(update={"output_dir": str(root / cid), "name": f"{spec.name}-{cid}"})
+        cells.append(Cell(index=index, id=cid, values=values, recipe=recipe, root=root / cid))
+
+    if not cells:
+        raise InputError(f"{source}: the grid is empty")
+    # duplicate ids: identical axis values are an error; readable ids that collide after formatting get a hash
+    seen: dict[str, list[Cell]] = {}
+    for c in cells:
+        seen.setdefault(c.id, []).append(c)
+    for cid, group in seen.items():
+        if len(group) < 2:
+            continue
+        canon = [dumps_json(c.values) for c in group]
+        if len(set(canon)) < len(canon):
+            raise InputError(
+                f"{source}: two cells have the same id {cid!r} and the same axis values {group[0].values}: "
+                "remove the repeated value from the axes"
+            )
+        for c in group:
+            h = _hash(c.values)[:6]
+            c.id = f"{cid}_{h}"
+            c.root = root / c.id
+            c.recipe = c.recipe.model_copy(update={"output_dir": str(c.root), "name": f"{spec.name}-{c.id}"})
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{source}: duplicate cell ids after disambiguation: {ids}")
+    sweep.cells = cells
+    return sweep
+
+
+def load_sweep_resource(name: str = "demo") -> Sweep:
+    """A sweep shipped inside the package (`emsweep/resources/sweeps/<name>.yaml`), for installed copies."""
+    from importlib import resources
+
+    ref = resources.files("emsweep") / "resources" / "sweeps" / f"{name}.yaml"
+    with resources.as_file(ref) as p:
+        if not Path(p).exists():
+            raise InputError(f"no packaged sweep {name!r} (looked for {ref})")
+        return load_sweep(p)
