@@ -1,9 +1,78 @@
-"""CLI commands of the train stage; `register` adds them to the top-level `emsweep` app."""
+"""CLI commands of the train stage; `register` adds them to the top-level `emsweep` app.
+
+`emsweep model init` builds offline models; `emsweep train` runs TRL's SFTTrainer on a recipe.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+model_app = typer.Typer(
+    help="Offline model folders (random weights, offline tokenizer) for tests and benchmarks.",
+    no_args_is_help=True,
+)
+
+
+@model_app.command("init")
+def model_init_cmd(
+    shape: str = typer.Option(
+        ...,
+        "--shape",
+        help="tiny, tiny-llama, Qwen2.5-0.5B-Instruct, Qwen2.5-1.5B-Instruct, Qwen2.5-7B-Instruct, "
+        "Llama-3.1-8B-Instruct",
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write (config, safetensors, tokenizer)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    dtype: str = typer.Option(
+        None, "--dtype", help="float32 | bfloat16 | float16 (default: float32 tiny, bfloat16 real shapes)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing folder."),
+) -> None:
+    """Write a model folder with random weights and an offline tokenizer, from a named shape (no hub access)."""
+    from emsweep.train.model_init import init_model
+
+    path = init_model(shape, out, seed=seed, dtype=dtype, overwrite=overwrite)
+    typer.echo(str(path))
+
+
+@model_app.command("shapes")
+def model_shapes_cmd() -> None:
+    """List the known shapes and their sizes."""
+    from emsweep.train.shapes import SHAPES
+
+    for s in SHAPES.values():
+        typer.echo(
+            f"{s.name:24s} {s.model_type:6s} hidden={s.hidden_size} layers={s.num_hidden_layers} "
+            f"heads={s.num_attention_heads}/{s.num_key_value_heads} vocab={s.vocab_size or 'tokenizer'}"
+        )
+
+
+def train_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/models/, recipes/demo/)."),
+    set_: list[str] = typer.Option(
+        None, "--set", help="Override a recipe key, e.g. --set sft.learning_rate=2e-5 (repeatable)."
+    ),
+    output_dir: Path = typer.Option(None, "--output-dir", help="Run folder (default: recipe output_dir)."),
+    no_resume: bool = typer.Option(
+        False, "--no-resume", help="Start from scratch even if complete checkpoints exist."
+    ),
+) -> None:
+    """Fine-tune with TRL's SFTTrainer (lora / qlora / full), saving checkpoints on the recipe's schedule.
+
+    Resumes from the last complete checkpoint; a finished run is skipped. On SIGUSR1/SIGTERM it saves a checkpoint
+    and exits with code 99 (EXIT_PREEMPTED) so a SLURM job can requeue itself.
+    """
+    from emsweep.recipe import load_recipe
+    from emsweep.train.runner import run_training
+
+    r = load_recipe(recipe, set_ or [])
+    out = run_training(r, output_dir, resume=not no_resume)
+    typer.echo(str(out))
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
+    app.add_typer(model_app, name="model")
+    app.command("train")(train_cmd)

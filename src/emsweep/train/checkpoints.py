@@ -1,0 +1,138 @@
+"""Which checkpoints a run has, which are complete, and the checkpoint schedule.
+
+A checkpoint is complete when its marker `checkpoint-<step>/.emsweep_complete.json` exists: the trainer writes it only
+after TRL/transformers has finished writing the folder, so a save cut off by preemption or a crash is never
+resumed from or evaluated (transformers' `get_last_checkpoint` would pick it up).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from emsweep.io import atomic_write_json
+from emsweep.layout import BASE_CHECKPOINT, CheckpointKind, CheckpointRef, checkpoint_step
+
+COMPLETE_MARKER = ".emsweep_complete.json"
+
+
+def mark_complete(ckpt_dir: str | os.PathLike[str], info: dict[str, Any]) -> Path:
+    return atomic_write_json(Path(ckpt_dir) / COMPLETE_MARKER, info)
+
+
+def is_complete(ckpt_dir: str | os.PathLike[str]) -> bool:
+    return (Path(ckpt_dir) / COMPLETE_MARKER).exists()
+
+
+def _kind_of(ckpt_dir: Path) -> CheckpointKind:
+    if (ckpt_dir / "adapter_config.json").exists():
+        return "lora"
+    return "full"
+
+
+def _read_cell(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / "cell.json"
+    if p.exists():
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    if not run_dir.is_dir():
+        return []
+    out = []
+    for child in run_dir.iterdir():
+        step = checkpoint_step(child.name)
+        if step is not None and step > 0 and child.is_dir():
+            out.append((step, child))
+    return sorted(out)
+
+
+def list_checkpoints(
+    run_dir: str | os.PathLike[str],
+    *,
+    base_model: str | None = None,
+    include_base: bool = True,
+    cell: str | None = None,
+) -> list[CheckpointRef]:
+    """Every complete checkpoint of a run, by step, starting with step 0 (the base model).
+
+    `base_model` defaults to the one recorded in the run's `cell.json`. Incomplete (cut-off) saves are skipped.
+    """
+    run = Path(run_dir)
+    info = _read_cell(run)
+    base = base_model or info.get("base_model") or ""
+    method = info.get("method")
+    refs: list[CheckpointRef] = []
+    if include_base:
+        refs.append(
+            CheckpointRef(
+                name=BASE_CHECKPOINT,
+                step=0,
+                kind="base",
+                base_model=str(base),
+                path=Path(base) if base and Path(base).exists() else None,
+                cell=cell,
+            )
+        )
+    for step, d in _step_dirs(run):
+        if not is_complete(d):
+            continue
+        kind: CheckpointKind = _kind_of(d)
+        if method == "full":
+            kind = "full"
+        refs.append(
+            CheckpointRef(
+                name=d.name, step=step, kind=kind, base_model=str(base), path=d.resolve(), cell=cell
+            )
+        )
+    return refs
+
+
+def last_complete_checkpoint(run_dir: str | os.PathLike[str]) -> Path | None:
+    """The highest-step checkpoint whose save finished (None if none): what training resumes from."""
+    done = [d for _, d in _step_dirs(Path(run_dir)) if is_complete(d)]
+    return done[-1] if done else None
+
+
+def incomplete_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    return [d for _, d in _step_dirs(Path(run_dir)) if not is_complete(d)]
+
+
+def schedule_steps(
+    total_steps: int,
+    *,
+    every: int | None = None,
+    steps: list[int] | None = None,
+    log_spaced: int | None = None,
+    save_final: bool = True,
+) -> list[int]:
+    """The steps at which to save, within 1..total_steps.
+
+    `log_spaced=K` gives K distinct steps spaced evenly in log(step) from 1 to total_steps, so the early phase,
+    where domain performance changes fastest, is dense. Too few total steps for K distinct values gives fewer.
+    """
+    if total_steps <= 0:
+        return []
+    chosen: set[int] = set()
+    if every is not None:
+        chosen.update(range(every, total_steps + 1, every))
+    if steps is not None:
+        chosen.update(s for s in steps if 1 <= s <= total_steps)
+    if log_spaced is not None:
+        k = log_spaced
+        if k == 1:
+            chosen.add(total_steps)
+        else:
+            for i in range(k):
+                chosen.add(round(math.exp(math.log(total_steps) * i / (k - 1))))
+        chosen = {s for s in chosen if 1 <= s <= total_steps}
+    if save_final:
+        chosen.add(total_steps)
+    return sorted(chosen)

@@ -1,0 +1,177 @@
+"""Named model shapes for `emsweep model init`: tiny test shapes and the real shapes of the models the papers use.
+
+The real shapes are written here as facts so tests and GPU speed benchmarks need no hub access. Source: the
+`config.json` published with each model on the Hugging Face hub (Qwen/Qwen2.5-{0.5B,1.5B,7B}-Instruct,
+meta-llama/Llama-3.1-8B-Instruct), transcribed by hand; `tests/train` checks a model built from them has the
+published parameter count (0.49B, 1.54B, 7.62B, 8.03B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TokenizerStyle = Literal["qwen", "llama3"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An architecture shape. `vocab_size=None` means: the size of the offline tokenizer (tiny shapes)."""
+
+    name: str
+    model_type: Literal["qwen2", "llama"]
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    vocab_size: int | None
+    rope_theta: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    rms_norm_eps: float
+    tokenizer: TokenizerStyle
+    dtype: str = "bfloat16"  # the dtype the published weights are stored in
+    extra: dict[str, Any] = field(default_factory=dict)  # other config.json keys (rope_scaling, windows)
+    source: str = ""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.vocab_size is None
+
+
+_QWEN_SRC = "https://huggingface.co/Qwen/{}/blob/main/config.json"
+
+SHAPES: dict[str, Shape] = {
+    # Test shapes: head size 32 (vLLM's CPU attention needs a head size in {32, 64, 80, 96, 112, 128, ...}).
+    "tiny": Shape(
+        name="tiny",
+        model_type="qwen2",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=128,
+        vocab_size=None,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        tokenizer="qwen",
+        dtype="float32",
+        source="test shape (Qwen2 architecture, ChatML template with generation markers, one digit per token)",
+    ),
+    "tiny-llama": Shape(
+        name="tiny-llama",
+        model_type="llama",
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=None,
+        rope_theta=500_000.0,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        tokenizer="llama3",
+        dtype="float32",
+        source="test shape (Llama architecture, Llama-3 template without generation markers, 1-3 digit number tokens)",
+    ),
+    "Qwen2.5-0.5B-Instruct": Shape(
+        name="Qwen2.5-0.5B-Instruct",
+        model_type="qwen2",
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        vocab_size=151936,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        tokenizer="qwen",
+        extra={"sliding_window": 32768, "max_window_layers": 21, "use_sliding_window": False},
+        source=_QWEN_SRC.format("Qwen2.5-0.5B-Instruct"),
+    ),
+    "Qwen2.5-1.5B-Instruct": Shape(
+        name="Qwen2.5-1.5B-Instruct",
+        model_type="qwen2",
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        vocab_size=151936,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        tokenizer="qwen",
+        extra={"sliding_window": 32768, "max_window_layers": 21, "use_sliding_window": False},
+        source=_QWEN_SRC.format("Qwen2.5-1.5B-Instruct"),
+    ),
+    "Qwen2.5-7B-Instruct": Shape(
+        name="Qwen2.5-7B-Instruct",
+        model_type="qwen2",
+        hidden_size=3584,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        intermediate_size=18944,
+        vocab_size=152064,
+        rope_theta=1_000_000.0,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+        tokenizer="qwen",
+        extra={"sliding_window": 131072, "max_window_layers": 28, "use_sliding_window": False},
+        source=_QWEN_SRC.format("Qwen2.5-7B-Instruct"),
+    ),
+    "Llama-3.1-8B-Instruct": Shape(
+        name="Llama-3.1-8B-Instruct",
+        model_type="llama",
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=128256,
+        rope_theta=500_000.0,
+        max_position_embeddings=131072,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-5,
+        tokenizer="llama3",
+        extra={
+            "rope_scaling": {
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+                "rope_type": "llama3",
+            },
+            "head_dim": 128,
+            "attention_bias": False,
+            "mlp_bias": False,
+        },
+        source="https://huggingface.co/meta-llama/Llama-3.1-8B-Instruct/blob/main/config.json",
+    ),
+}
+
+# Lower-case aliases so `--shape qwen2.5-7b-instruct` works too.
+_ALIASES = {k.lower(): k for k in SHAPES}
+
+
+def get_shape(name: str) -> Shape:
+    """Look a shape up by name (case-insensitive); an unknown name lists the known ones."""
+    from emsweep.io import InputError
+
+    key = _ALIASES.get(name.lower())
+    if key is None:
+        raise InputError(f"unknown model shape {name!r}; known shapes: {', '.join(SHAPES)}")
+    return SHAPES[key]
