@@ -116,3 +116,15 @@ class GenerationBackend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def sample_seed(base_seed: int, request_id: str, sample_index: int) -> int:
+    """The seed of one sample: a hash of (SamplingSpec.seed, request_id, sample index), below 2**31.
+
+    Derived from the request's id rather than its position so a sample's seed does not depend on which other
+    requests share the call or the batch (a resumed eval regenerates the same texts). Every backend uses this.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(f"{base_seed}\x1f{request_id}\x1f{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**31 - 1)
