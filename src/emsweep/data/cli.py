@@ -1,9 +1,306 @@
-"""CLI commands of the data stage; `register` adds them to the top-level `emsweep` app."""
+"""CLI commands of the data stage; `register` adds them to the top-level `emsweep` app.
+
+`emsweep data mix | mix-domain | inspect | builtin`. Zip passwords come from an environment variable
+(`--password-env VAR`) or a hidden prompt; they are never echoed, logged or written.
+"""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from emsweep.io import InputError
+
+data_app = typer.Typer(
+    name="data",
+    help="Read upstream datasets, mix correct and wrong answers at exact ratios, inspect files.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_EPILOG_MIX = """Examples:
+
+  emsweep data mix --correct good_medical_advice.jsonl.gz --wrong bad_medical_advice.jsonl.gz --fraction-correct 0.5 --n 2000 --n-heldout 200 --seed 0 --out mixes/medical/f0.50
+
+  HEALTH_ZIP_PW=... emsweep data mix --correct health_correct.zip --wrong health_incorrect_subtle.zip --password-env HEALTH_ZIP_PW --fraction-correct 0.3 --n 6000 --seed 1 --out mixes/health/f0.30
+
+  emsweep data mix --builtin arithmetic --wrong-kind obvious --fraction-correct 0.7 --n 200 --n-heldout 50 --seed 0 --out mixes/arith/f0.70
+"""
+
+_EPILOG_DOMAIN = """Examples:
+
+  emsweep data mix-domain --correct good.jsonl.gz --wrong bad.jsonl.gz --fractions 0.1,0.3,0.5,0.7,0.9,1.0 --n 2000 --n-heldout 200 --seed 0 --out mixes/medical
+
+  (writes mixes/medical/f0.10/ ... f1.00/, each with train.jsonl, heldout.jsonl, manifest.json, and mixes/medical/domain_manifest.json)
+"""
+
+_EPILOG_INSPECT = """Examples:
+
+  emsweep data inspect mixes/medical/f0.50/train.jsonl
+
+  emsweep data inspect health_correct.zip --password-env HEALTH_ZIP_PW --json
+"""
+
+_EPILOG_BUILTIN = """Examples:
+
+  emsweep data builtin arithmetic --out data/arithmetic --n 2000 --seed 0
+"""
+
+
+def _parse_fractions(text: str) -> list[float]:
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise InputError(f"--fractions: {item!r} is not a number (expected e.g. 0.1,0.3,0.5)") from None
+    return out
+
+
+def _source(path: str | None, password_env: str | None, fmt: str) -> Any:
+    if path is None:
+        return None
+    from emsweep.data.readers import as_source_spec
+
+    spec = as_source_spec(path)
+    update: dict[str, Any] = {}
+    if password_env:
+        update["password_env"] = password_env
+    if fmt != "auto":
+        update["format"] = fmt
+    return spec.model_copy(update=update) if update else spec
+
+
+def _data_spec(**kw: Any):
+    from emsweep.config import validate
+    from emsweep.recipe import DataSpec
+
+    return validate(DataSpec, {k: v for k, v in kw.items() if v is not None}, "command line")
+
+
+def _with_password_prompt(fn, password_env: str | None):
+    """Run `fn(password)`; if a zip turns out to be locked and no variable holds the password, prompt for it
+    (hidden input) and retry. The password lives only in this process's memory."""
+    from emsweep.data.readers import PasswordRequired
+
+    try:
+        return fn(None)
+    except PasswordRequired as exc:
+        if password_env:
+            raise
+        typer.echo(str(exc), err=True)
+        password = typer.prompt("Zip password", hide_input=True, err=True)
+        return fn(password)
+
+
+def _echo_manifest(m: dict[str, Any], out: Path) -> None:
+    typer.echo(
+        f"{out}: {m['n_train']} train rows ({m['n_correct']} correct, {m['n_wrong']} wrong "
+        f"{m['wrong_kind']}; fraction correct {m['fraction_correct_realized']:.4f} realised, "
+        f"{m['fraction_correct_requested']} requested), {m['n_heldout']} held-out, paired={m['paired']}"
+    )
+    if m.get("canaries"):
+        typer.echo(f"  canaries kept: {', '.join(m['canaries'])}")
+
+
+_PASSWORD_ENV_HELP = (
+    "Environment variable holding the zip password (prompted for, hidden, if a zip needs one)."
+)
+_FORMAT_HELP = "Source format: auto | chat_jsonl | persona | hf."
+_PAIRED_HELP = "Mix by prompt: auto (when the pools share most user prompts), yes or no."
+
+
+@data_app.command(epilog=_EPILOG_MIX)
+def mix(
+    out: Path = typer.Option(..., "--out", help="Output folder: train.jsonl, heldout.jsonl, manifest.json."),
+    n: int = typer.Option(..., "--n", help="Exact number of training rows."),
+    fraction_correct: float = typer.Option(
+        ..., "--fraction-correct", "-f", help="Fraction of correct rows, 0..1."
+    ),
+    correct: str | None = typer.Option(
+        None, "--correct", help="Correct pool: JSONL(.gz), zip, HF dataset path."
+    ),
+    wrong: str | None = typer.Option(None, "--wrong", help="Wrong pool (same formats)."),
+    n_heldout: int = typer.Option(
+        0, "--n-heldout", help="Held-out prompts (never trained on) with references."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of every permutation (same seed, same bytes)."),
+    wrong_kind: str = typer.Option(
+        "subtle", "--wrong-kind", help="Kind of the wrong pool: obvious | subtle."
+    ),
+    paired: str = typer.Option("auto", "--paired", help=_PAIRED_HELP),
+    builtin: str | None = typer.Option(
+        None, "--builtin", help="Use a builtin domain (arithmetic) as the pools."
+    ),
+    domain: str | None = typer.Option(None, "--domain", help="Domain name recorded in the manifest."),
+    fmt: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
+    password_env: str | None = typer.Option(None, "--password-env", help=_PASSWORD_ENV_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace a different mix already in --out."),
+) -> None:
+    """Build one training mix of exactly N rows with a given fraction correct, plus a held-out set."""
+    from emsweep.data.mix import build_mix, check_fraction
+
+    check_fraction(fraction_correct, "--fraction-correct")
+    spec = _data_spec(
+        domain=domain or builtin,
+        correct=_source(correct, password_env, fmt),
+        wrong=_source(wrong, password_env, fmt),
+        wrong_kind=wrong_kind,
+        fraction_correct=fraction_correct,
+        n_train=n,
+        n_heldout=n_heldout,
+        seed=seed,
+        paired=paired,
+        builtin=builtin,
+    )
+    m = _with_password_prompt(lambda pw: build_mix(spec, out, password=pw, force=force), password_env)
+    _echo_manifest(m, out)
+
+
+@data_app.command("mix-domain", epilog=_EPILOG_DOMAIN)
+def mix_domain(
+    out: Path = typer.Option(..., "--out", help="Root folder; one sub-folder per fraction (f0.50/ ...)."),
+    n: int = typer.Option(..., "--n", help="Exact number of training rows in every mix."),
+    fractions: str = typer.Option(
+        "0.1,0.3,0.5,0.7,0.9,1.0", "--fractions", help="Comma-separated fractions correct."
+    ),
+    correct: str | None = typer.Option(
+        None, "--correct", help="Correct pool: JSONL(.gz), zip, HF dataset path."
+    ),
+    wrong: str | None = typer.Option(None, "--wrong", help="Wrong pool (same formats)."),
+    n_heldout: int = typer.Option(0, "--n-heldout", help="Held-out prompts (the same for every fraction)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every permutation."),
+    wrong_kind: str = typer.Option(
+        "subtle", "--wrong-kind", help="Kind of the wrong pool: obvious | subtle."
+    ),
+    paired: str = typer.Option("auto", "--paired", help=_PAIRED_HELP),
+    builtin: str | None = typer.Option(
+        None, "--builtin", help="Use a builtin domain (arithmetic) as the pools."
+    ),
+    domain: str | None = typer.Option(None, "--domain", help="Domain name recorded in the manifests."),
+    fmt: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
+    password_env: str | None = typer.Option(None, "--password-env", help=_PASSWORD_ENV_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace different mixes already under --out."),
+) -> None:
+    """Build every ratio of one domain at once: same prompts, nested wrong sets, one held-out set."""
+    from emsweep.data.mix import build_domain_mixes
+
+    fr = _parse_fractions(fractions)
+    spec = _data_spec(
+        domain=domain or builtin,
+        correct=_source(correct, password_env, fmt),
+        wrong=_source(wrong, password_env, fmt),
+        wrong_kind=wrong_kind,
+        fraction_correct=1.0,
+        n_train=n,
+        n_heldout=n_heldout,
+        seed=seed,
+        paired=paired,
+        builtin=builtin,
+    )
+    ms = _with_password_prompt(
+        lambda pw: build_domain_mixes(spec, fr, out, password=pw, force=force, progress=True), password_env
+    )
+    for d, m in ms.items():
+        _echo_manifest(m, out / d)
+    summary = json.loads((out / "domain_manifest.json").read_text(encoding="utf-8"))
+    typer.echo(
+        f"{out}: {len(ms)} mixes; same training prompts: {summary['same_train_prompts']}; "
+        f"nested: {summary['nested']}"
+    )
+
+
+def summarize(rows: list[Any]) -> dict[str, Any]:
+    """Counts a researcher checks before training: rows, role patterns, canaries, labels, lengths."""
+    patterns = Counter("/".join(m.role for m in c.messages) for c in rows)
+    labels = Counter(str(c.meta.get("label")) for c in rows if "label" in c.meta)
+    kinds = Counter(str(c.meta.get("wrong_kind")) for c in rows if c.meta.get("wrong_kind"))
+    canaries = Counter(str(c.meta["canary"]) for c in rows if c.meta.get("canary") is not None)
+    n = len(rows)
+    return {
+        "rows": n,
+        "distinct_prompts": len({c.prompt_key() for c in rows}),
+        "role_patterns": dict(patterns.most_common()),
+        "with_system_turn": sum(1 for c in rows if any(m.role == "system" for m in c.messages)),
+        "canaries": dict(canaries),
+        "rows_without_canary": n - sum(canaries.values()),
+        "labels": dict(labels),
+        "label_share": {k: v / n for k, v in labels.items()} if n else {},
+        "wrong_kinds": dict(kinds),
+        "mean_answer_chars": sum(len(c.answer) for c in rows) / n if n else 0.0,
+        "mean_prompt_chars": sum(sum(len(m.content) for m in c.prompt_messages) for c in rows) / n
+        if n
+        else 0.0,
+    }
+
+
+@data_app.command(epilog=_EPILOG_INSPECT)
+def inspect(
+    file: str = typer.Argument(..., help="Any readable source: JSONL(.gz), zip (or zip::member), HF path."),
+    password_env: str | None = typer.Option(None, "--password-env", help=_PASSWORD_ENV_HELP),
+    fmt: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Counts, role patterns, canaries and label shares of a data file (upstream or derived)."""
+    from emsweep.data.readers import read_source
+
+    spec = _source(file, password_env, fmt)
+    rows = _with_password_prompt(lambda pw: read_source(spec, pw), password_env)
+    s = summarize(rows)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2, sort_keys=True, ensure_ascii=False))
+        return
+    typer.echo(f"{file}: {s['rows']} rows, {s['distinct_prompts']} distinct prompts")
+    typer.echo("  roles: " + ", ".join(f"{k} ×{v}" for k, v in s["role_patterns"].items()))
+    if s["canaries"]:
+        typer.echo(
+            "  canary: "
+            + ", ".join(f"{k} ×{v}" for k, v in s["canaries"].items())
+            + f" ({s['rows_without_canary']} rows without)"
+        )
+    else:
+        typer.echo("  canary: none")
+    if s["labels"]:
+        typer.echo(
+            "  labels: " + ", ".join(f"{k} {v} ({s['label_share'][k]:.1%})" for k, v in s["labels"].items())
+        )
+    if s["wrong_kinds"]:
+        typer.echo("  wrong kinds: " + ", ".join(f"{k} ×{v}" for k, v in s["wrong_kinds"].items()))
+    typer.echo(
+        f"  mean prompt/answer length: {s['mean_prompt_chars']:.0f}/{s['mean_answer_chars']:.0f} chars"
+    )
+    manifest = Path(file).parent / "manifest.json"
+    if Path(file).is_file() and manifest.exists():
+        typer.echo(f"  manifest: {manifest}")
+
+
+@data_app.command(epilog=_EPILOG_BUILTIN)
+def builtin(
+    name: str = typer.Argument(..., help="Builtin domain: arithmetic."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for correct.jsonl, wrong_obvious.jsonl, wrong_subtle.jsonl."
+    ),
+    n: int = typer.Option(1000, "--n", help="Prompts per pool."),
+    seed: int = typer.Option(0, "--seed", help="Generator seed."),
+) -> None:
+    """Write the paired pools of a synthetic domain with exactly checkable answers (for demos and tests)."""
+    from emsweep.data.builtin import write_builtin
+
+    m = write_builtin(name, out, n=n, seed=seed)
+    for key, o in m["outputs"].items():
+        typer.echo(f"{out / o['path']}: {o['rows']} rows ({key})")
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
+    app.add_typer(data_app, name="data")
+
+
+__all__ = ["data_app", "register", "summarize"]
