@@ -1,9 +1,204 @@
-"""CLI commands of the evals stage; `register` adds them to the top-level `emsweep` app."""
+"""CLI commands of the evals stage: `emsweep eval`, `emsweep judge`, `emsweep judge-agreement`, `emsweep suites`.
+
+Heavy imports (torch, transformers, the backends) happen inside the commands so `emsweep --help` stays instant.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+SUITE_HELP = (
+    "Suite to evaluate (repeatable): a builtin name (see `emsweep suites`), a YAML path in Betley et al.'s schema, "
+    "NAME=PATH (e.g. first_plot=.../first_plot_questions.yaml), or `domain` (the run's held-out split)."
+)
+BACKENDS_HELP = "hf | vllm | openai | openai-compatible"
+
+
+def _thresholds(items: list[str] | None) -> dict[str, float | int | str]:
+    from emsweep.io import InputError
+
+    out: dict[str, float | int | str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--threshold {item!r}: expected KEY=VALUE, e.g. aligned_threshold=30")
+        v: float | int | str = value
+        try:
+            v = int(value) if key in ("bootstrap", "seed") else float(value)
+        except ValueError:
+            v = value
+        out[key.strip()] = v
+    return out
+
+
+def _sampling(
+    max_tokens: int | None, temperature: float | None, top_p: float | None, seed: int | None, base: dict
+):
+    s = dict(base)
+    for k, v in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p), ("seed", seed)):
+        if v is not None:
+            s[k] = v
+    from emsweep.generate.base import SamplingSpec
+
+    return SamplingSpec(**s)
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
+
+    @app.command("eval")
+    def eval_cmd(
+        run_dir: Path = typer.Argument(
+            ..., help="A run (cell) folder: checkpoint-<step>/ folders, cell.json, data/."
+        ),
+        suite: list[str] = typer.Option(None, "--suite", "-s", help=SUITE_HELP),
+        checkpoints: str = typer.Option(
+            None, help="all | last | base | comma-separated steps (0 = base model)."
+        ),
+        backend: str = typer.Option(
+            None, help=f"Generation backend: {BACKENDS_HELP} (default: recipe's, else hf)."
+        ),
+        base_model: str = typer.Option(None, help="Base model folder / hub id (default: from cell.json)."),
+        base_url: str = typer.Option(None, help="Server URL for openai-compatible generation."),
+        judge: str = typer.Option(None, "--judge", help="Judge model: a local folder or a model id."),
+        judge_backend: str = typer.Option(None, help=f"Judge backend: {BACKENDS_HELP} (local folder: hf)."),
+        judge_base_url: str = typer.Option(None, help="Server URL for an openai-compatible judge."),
+        judge_cache: Path = typer.Option(
+            None, help="Judge cache (sqlite; default <run>/eval/judge_cache.sqlite)."
+        ),
+        samples: int = typer.Option(
+            None, "--samples", "-n", help="Samples per paraphrase (overrides the suites)."
+        ),
+        max_tokens: int = typer.Option(None, help="Max new tokens per answer (papers: 600)."),
+        temperature: float = typer.Option(None, help="Sampling temperature (papers: 1)."),
+        top_p: float = typer.Option(None, help="Top-p (default 1)."),
+        seed: int = typer.Option(None, help="Base seed; each sample's seed derives from it and its id."),
+        batch_size: int = typer.Option(None, help="Generation / judge batch size."),
+        threshold: list[str] = typer.Option(
+            None,
+            "--threshold",
+            help="Metric parameter KEY=VALUE (aligned_threshold=30, coherent_threshold=50, "
+            "dangerous_threshold=10, domain_threshold=50, bootstrap=1000, bootstrap_unit=sample|question).",
+        ),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs only)."),
+    ) -> None:
+        """Generate, judge and score every checkpoint of a run on the given suites; skips what is done."""
+        from emsweep.evals.run import cell_recipe, evaluate_run
+        from emsweep.io import InputError
+
+        if not run_dir.is_dir():
+            raise InputError(f"{run_dir}: run folder not found")
+        recipe = cell_recipe(run_dir)
+        suites = list(suite or (recipe.eval.suites if recipe else []))
+        if not suites:
+            raise InputError("give at least one --suite (e.g. --suite alignment_mini --suite domain)")
+        base = dict(recipe.eval.sampling) if recipe else {}
+        res = evaluate_run(
+            run_dir,
+            suites,
+            checkpoints=checkpoints,
+            backend_kind=backend,
+            base_model=base_model,
+            base_url=base_url,
+            judge_model=judge,
+            judge_backend=judge_backend,
+            judge_base_url=judge_base_url,
+            judge_cache=judge_cache,
+            sampling=_sampling(max_tokens, temperature, top_p, seed, base),
+            samples_per_paraphrase=samples,
+            batch_size=batch_size,
+            thresholds=_thresholds(threshold) if threshold else None,
+            recipe=recipe,
+            progress=not no_progress,
+        )
+        typer.echo(res.summary())
+
+    @app.command("judge")
+    def judge_cmd(
+        run_dir: Path = typer.Argument(
+            ..., help="A run folder that `emsweep eval` already generated samples in."
+        ),
+        judge: str = typer.Option(..., "--judge", help="Judge model: a local folder or a model id."),
+        judge_backend: str = typer.Option(
+            None, help=f"Judge backend: {BACKENDS_HELP} (local folder: hf, else openai)."
+        ),
+        judge_base_url: str = typer.Option(None, help="Server URL for an openai-compatible judge."),
+        judge_cache: Path = typer.Option(
+            None, help="Judge cache (sqlite; default <run>/eval/judge_cache.sqlite)."
+        ),
+        suite: list[str] = typer.Option(
+            None, "--suite", "-s", help="Only these suite names (default: all found)."
+        ),
+        checkpoints: str = typer.Option("all", help="all | last | base | comma-separated steps."),
+        batch_size: int = typer.Option(None, help="Judge batch size."),
+        threshold: list[str] = typer.Option(
+            None, "--threshold", help="Metric parameter KEY=VALUE (see `eval`)."
+        ),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    ) -> None:
+        """(Re)judge existing samples, e.g. with another judge: the folder's first judge owns judgments.jsonl and
+        metrics.json; another judge writes judgments.<judge>.jsonl and metrics.<judge>.json beside them."""
+        from emsweep.evals.run import judge_run
+
+        kind = judge_backend or ("hf" if Path(judge).exists() else "openai")
+        res = judge_run(
+            run_dir,
+            suites=suite or None,
+            checkpoints=checkpoints,
+            judge_model=judge,
+            judge_backend=kind,
+            judge_base_url=judge_base_url,
+            judge_cache=judge_cache,
+            batch_size=batch_size,
+            thresholds=_thresholds(threshold) if threshold else None,
+            progress=not no_progress,
+        )
+        typer.echo(res.summary().replace("eval ", "judge ", 1))
+
+    @app.command("judge-agreement")
+    def judge_agreement_cmd(
+        a: Path = typer.Argument(
+            ..., help="Judgments of judge A (judgments*.jsonl, a folder, or Betley's CSV)."
+        ),
+        b: Path = typer.Argument(..., help="Judgments of judge B on the same samples."),
+        out: Path = typer.Option(None, "--out", "-o", help="Also write the result as JSON here."),
+    ) -> None:
+        """Agreement of two judges on the same samples: Spearman per metric, Cohen's kappa on the misaligned label."""
+        import json
+
+        from emsweep.io import atomic_write_json
+        from emsweep.judge.agreement import judge_agreement
+
+        res = judge_agreement(a, b)
+        data = (
+            res.model_dump(mode="json")
+            if hasattr(res, "model_dump")
+            else (res if isinstance(res, dict) else vars(res))
+        )
+        if out is not None:
+            atomic_write_json(out, data)
+        typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+    @app.command("suites")
+    def suites_cmd(
+        show: str = typer.Argument(None, help="Show one suite's questions (a name, path or NAME=PATH)."),
+    ) -> None:
+        """List the builtin suites, or show the questions of one suite."""
+        from emsweep.evals.suites import builtin_suites, resolve_suite
+
+        if show is None:
+            for name, path in builtin_suites().items():
+                s = resolve_suite(name)
+                typer.echo(f"{name:24s} {len(s.questions):3d} questions  {s.n_samples:5d} samples  {path}")
+            typer.echo("domain                   the run's held-out split (data/heldout.jsonl)")
+            return
+        s = resolve_suite(show)
+        typer.echo(
+            f"{s.name}: {len(s.questions)} questions, {s.n_samples} samples, metrics {s.metrics} ({s.source})"
+        )
+        for q in s.questions:
+            sys_note = " [system]" if q.system else ""
+            first = q.paraphrases[0].splitlines()[0][:80]
+            typer.echo(f"  {q.id:32s} {q.type:22s} x{q.samples_per_paraphrase}{sys_note}  {first}")
