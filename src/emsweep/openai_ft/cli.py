@@ -1,9 +1,175 @@
-"""CLI commands of the openai_ft stage; `register` adds them to the top-level `emsweep` app."""
+"""`emsweep openai ...`: fine-tuning jobs for the gpt-4o arm (finetune, status, poll, cancel, import).
+
+The OpenAI key comes only from OPENAI_API_KEY (optional OPENAI_BASE_URL, OPENAI_ORG_ID); there is no option for it.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+openai_app = typer.Typer(
+    help="The gpt-4o arm: upload mixes, run OpenAI fine-tuning jobs, register their checkpoints. "
+    "Key from OPENAI_API_KEY only (OPENAI_BASE_URL / OPENAI_ORG_ID optional).",
+    no_args_is_help=True,
+)
+
+_PRICES = typer.Option(None, "--prices", help="Prices table YAML (default: recipes/openai/prices.yaml).")
+
+
+def _cells(cells: list[str] | None) -> list[str] | None:
+    if not cells:
+        return None
+    return [c.strip() for item in cells for c in item.split(",") if c.strip()]
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    Console().print(t)
+
+
+@openai_app.command("finetune")
+def finetune_cmd(
+    target: Path = typer.Argument(..., help="Sweep YAML (base + axes) or a single recipe YAML."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Write the files, print tokens and cost, spend nothing."
+    ),
+    cells: list[str] = typer.Option(None, "--cells", help="Cell ids or indices (repeat or comma-separate)."),
+    prices: Path = _PRICES,
+) -> None:
+    """Write each cell's mix in OpenAI's format, upload it once, create one supervised job per cell."""
+    from emsweep.openai_ft.jobs import finetune
+
+    out = finetune(target, cells=_cells(cells), dry_run=dry_run, prices_path=prices, echo=typer.echo)
+    rows = [
+        [
+            r["cell"],
+            r["model"],
+            str(r["examples"]),
+            f"{r['tokens_per_epoch']:,}",
+            str(r["n_epochs"]),
+            f"{r['billed_tokens']:,}",
+            f"${r['estimated_cost_usd']:.2f}",
+        ]
+        for r in out["cells"]
+    ]
+    rows.append(["TOTAL", "", "", "", "", f"{out['total_tokens']:,}", f"${out['total_cost_usd']:.2f}"])
+    tok = out["cells"][0]["tokenizer"] if out["cells"] else ""
+    _table(
+        f"OpenAI fine-tuning {'estimate (dry run)' if dry_run else 'plan'} - tokens: {tok}; prices: {out['prices']}",
+        ["cell", "model", "examples", "tokens/epoch", "epochs", "billed tokens", "est. cost"],
+        rows,
+    )
+    if not dry_run:
+        typer.echo(
+            f"created {len(out['created'])} job(s), {len(out['reused'])} already existed; ledger {out['ledger']}"
+        )
+
+
+def _status_rows(rows: list[dict]) -> list[list[str]]:
+    out = []
+    for r in rows:
+        cost = r.get("cost_usd")
+        out.append(
+            [
+                r["cell"],
+                r.get("job_id") or "-",
+                r.get("status") or "-",
+                r.get("fine_tuned_model") or "-",
+                str(len(r.get("checkpoints") or [])),
+                f"${cost:.2f}" if cost is not None else f"~${r.get('estimated_cost_usd', 0):.2f}",
+                (r.get("error") or "")[:200],
+            ]
+        )
+    return out
+
+
+_COLS = ["cell", "job", "status", "fine-tuned model", "ckpts", "cost", "error"]
+
+
+@openai_app.command("status")
+def status_cmd(
+    target: Path = typer.Argument(..., help="Sweep folder, or the sweep/recipe YAML."),
+    cells: list[str] = typer.Option(None, "--cells", help="Only these cells."),
+    events: int = typer.Option(0, "--events", help="Also show the N latest events of each job."),
+    prices: Path = _PRICES,
+) -> None:
+    """One refresh of every recorded job: state, model ids, checkpoints, cost, errors."""
+    from emsweep.openai_ft.jobs import ledger_folder, refresh_all
+
+    rows = refresh_all(ledger_folder(target), cells=_cells(cells), events=events, prices_path=prices)
+    _table("OpenAI fine-tuning jobs", _COLS, _status_rows(rows))
+    for r in rows:
+        for e in reversed(r.get("last_events") or []):
+            typer.echo(f"  {r['cell']} [{e['level']}] {e['message']}")
+
+
+@openai_app.command("poll")
+def poll_cmd(
+    target: Path = typer.Argument(..., help="Sweep folder, or the sweep/recipe YAML."),
+    cells: list[str] = typer.Option(None, "--cells", help="Only these cells."),
+    interval: float = typer.Option(60.0, "--interval", help="Seconds between refreshes."),
+    timeout: float = typer.Option(None, "--timeout", help="Stop waiting after this many seconds."),
+    prices: Path = _PRICES,
+) -> None:
+    """Wait until every job has finished; register each successful job's checkpoints in its cell."""
+    from emsweep.openai_ft.jobs import ledger_folder, poll
+
+    rows = poll(
+        ledger_folder(target),
+        cells=_cells(cells),
+        interval=interval,
+        timeout=timeout,
+        echo=typer.echo,
+        prices_path=prices,
+    )
+    _table("OpenAI fine-tuning jobs", _COLS, _status_rows(rows))
+    if any(r.get("status") == "failed" for r in rows):
+        raise typer.Exit(1)
+
+
+@openai_app.command("cancel")
+def cancel_cmd(
+    target: Path = typer.Argument(..., help="Sweep folder, or the sweep/recipe YAML."),
+    cells: list[str] = typer.Option(..., "--cells", help="Cells whose jobs to cancel."),
+) -> None:
+    """Cancel the running jobs of the given cells."""
+    from emsweep.openai_ft.jobs import cancel, ledger_folder
+
+    rows = cancel(ledger_folder(target), _cells(cells) or [])
+    _table("cancelled", _COLS, _status_rows(rows))
+
+
+@openai_app.command("import")
+def import_cmd(
+    model_id: str = typer.Argument(..., help="An existing fine-tuned model id (ft:...)."),
+    cell: str = typer.Option(..., "--cell", help="Name of the cell folder to create."),
+    root: Path = typer.Option(
+        Path("checkpoints/openai-imported"), "--root", help="Sweep folder to put it in."
+    ),
+    base_model: str = typer.Option(
+        None, "--base-model", help="Base model (step 0); default from the ft: id."
+    ),
+    step: int = typer.Option(
+        None, "--step", help="Training step of the model (default: from :ckpt-step-N, else 1)."
+    ),
+    check: bool = typer.Option(True, "--check/--no-check", help="Check the model exists (models.retrieve)."),
+) -> None:
+    """Register an existing fine-tuned model as a cell, so `emsweep eval --backend openai` evaluates it."""
+    from emsweep.openai_ft.jobs import import_model
+
+    p = import_model(model_id, cell, root=root, base_model=base_model, step=step, check=check)
+    typer.echo(f"registered {model_id} as {p.parent} (checkpoints in {p.name})")
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
+    app.add_typer(openai_app, name="openai")
