@@ -1,9 +1,61 @@
-"""CLI commands of the analysis stage; `register` adds them to the top-level `emsweep` app."""
+"""CLI commands of the analysis stage: `emsweep report` and `emsweep demo`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def report_cmd(
+    root: Path = typer.Argument(
+        ..., help="A sweep output folder (<output_root>/<sweep>), or any folder above it."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: ROOT/report)."),
+    domain_tolerance: float = typer.Option(
+        0.05, help="Threshold: domain accuracy within this of the all-correct run counts as recovered."
+    ),
+    misalignment_tolerance: float = typer.Option(
+        0.05, help="Threshold: misaligned rate within this of the all-correct run counts as recovered."
+    ),
+    early_stop_tolerance: float = typer.Option(
+        0.05, help="Early stopping: misaligned rate allowed above the base model's (step 0)."
+    ),
+    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the threshold intervals."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+) -> None:
+    """Gather every metrics.json under ROOT into results.csv/.parquet and write report/index.html with plots."""
+    from emsweep.analysis.report import build_report
+
+    index = build_report(
+        root,
+        out,
+        domain_tolerance=domain_tolerance,
+        misalignment_tolerance=misalignment_tolerance,
+        early_stop_tolerance=early_stop_tolerance,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    typer.echo(f"results: {index.parent / 'results.csv'}")
+    typer.echo(f"report:  {index}")
+
+
+def demo_cmd(
+    out: Path = typer.Option(Path("emsweep-demo"), "--out", "-o", help="Where the demo writes everything."),
+    fast: bool = typer.Option(
+        False, "--fast", help="Fewer cells and checkpoints (CI smoke run, ~2x faster)."
+    ),
+    max_parallel: int = typer.Option(1, "--max-parallel", "-j", help="Cells at once (subprocesses)."),
+) -> None:
+    """Run the embedded demo sweep on CPU (tiny random-start model built offline, builtin arithmetic domain,
+    several fractions correct, the project's alignment suite) and write its report. A few minutes."""
+    from emsweep.analysis.demo import run_demo
+
+    index = run_demo(out, fast=fast, max_parallel=max_parallel)
+    typer.echo(f"report: {index}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
+    app.command("report")(report_cmd)
+    app.command("demo")(demo_cmd)

@@ -23,8 +23,8 @@ def _stage_table(sweep, title: str):
     table.add_column("#", justify="right")
     table.add_column("cell id", no_wrap=True)
     for k in sweep.cells[0].values if sweep.cells else []:
-        table.add_column(k)
-    table.add_column("left to do")
+        table.add_column(k.split(".")[-1])
+    table.add_column("left to do", no_wrap=True)
     for c in sweep.cells:
         left = c.stages_left(STAGES)
         todo = "[green]done[/green]" if not left else ", ".join(left)

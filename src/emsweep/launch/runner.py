@@ -79,6 +79,8 @@ def write_cell_json(sweep: Sweep, cell: Cell) -> Path:
         "sweep_file": sweep.source,
         "axes": cell.axes_record(),
         "axis_values": cell.values,
+        "base_model": cell.recipe.model.path,
+        "method": cell.recipe.method,
         "recipe": cell.recipe.model_dump(mode="json"),
         "versions": _versions(),
         "git_sha": _git_sha(),
@@ -132,7 +134,17 @@ def stage_mix(sweep: Sweep, cell: Cell) -> dict[str, Any]:
 
 def stage_train(sweep: Sweep, cell: Cell) -> dict[str, Any]:
     from emsweep.train import run_training
+    from emsweep.train.model_init import ensure_model
 
+    m = cell.recipe.model
+    if m.init_shape:  # a recipe may name a model to build offline on first use; cells may race for it
+        import fcntl
+
+        lock = Path(m.path).parent / f".{Path(m.path).name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            ensure_model(m.path, m.init_shape)
     out = run_training(cell.recipe, cell.root, resume=True)
     return {"result": _jsonable(out)}
 

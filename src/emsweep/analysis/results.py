@@ -1,0 +1,168 @@
+"""Gather every `metrics.json` under a root into one table, joined with each cell's `cell.json` axes.
+
+One row per cell x checkpoint x suite, with `metrics_path` so every number traces back to its file. The
+per-cell view (`cell_view`) folds the suites into one row per cell x checkpoint: domain accuracy from the
+`domain` suites, misaligned rate from the `alignment` suites (n-weighted when a cell has several).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from emsweep.config import format_validation_error
+from emsweep.evals.schema import METRICS_SCHEMA_VERSION, CheckpointMetrics
+from emsweep.io import InputError
+from emsweep.layout import checkpoint_step
+
+AXES = ["domain", "fraction_correct", "wrong_kind", "method", "seed", "model"]
+CI_METRICS = ["misaligned_rate", "aligned_mean", "coherent_mean", "dangerous_rate", "domain_accuracy"]
+REPORT_DIRNAME = "report"
+
+
+def find_metrics(root: Path) -> list[Path]:
+    """Every metrics.json under root, skipping report outputs and hidden folders (temp files, markers)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != REPORT_DIRNAME)
+        if "metrics.json" in filenames:
+            out.append(Path(dirpath) / "metrics.json")
+    return out
+
+
+def _load_metrics(path: Path) -> CheckpointMetrics:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    version = raw.get("schema_version")
+    if version != METRICS_SCHEMA_VERSION:
+        older = isinstance(version, int) and version < METRICS_SCHEMA_VERSION
+        raise InputError(
+            f"{path}: metrics schema_version {version!r} but this emsweep reads version {METRICS_SCHEMA_VERSION}"
+            + (
+                " (an older schema): re-run the evaluation of that cell (`emsweep sweep cell SWEEP --cell ID "
+                "--stages eval --force`) to rewrite it"
+                if older or version is None
+                else ": upgrade emsweep to read it"
+            )
+        )
+    try:
+        return CheckpointMetrics.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, str(path))) from None
+
+
+def _cell_info(cell_root: Path, cache: dict[Path, dict[str, Any]]) -> dict[str, Any]:
+    if cell_root not in cache:
+        p = cell_root / "cell.json"
+        info: dict[str, Any] = {}
+        if p.exists():
+            try:
+                info = json.loads(p.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+        cache[cell_root] = info
+    return cache[cell_root]
+
+
+def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
+    """The report's table: one row per cell x checkpoint x suite. A root with no results is an error."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: no such folder")
+    paths = find_metrics(root)
+    if not paths:
+        raise InputError(
+            f"{root}: no metrics.json found under this folder. Run the evaluation first "
+            "(`emsweep sweep run SWEEP.yaml`), or point `emsweep report` at the sweep's output folder "
+            "(<output_root>/<sweep name>)."
+        )
+    cache: dict[Path, dict[str, Any]] = {}
+    rows = []
+    for p in paths:
+        m = _load_metrics(p)
+        # layout: <cell>/eval/<checkpoint>/<suite>/metrics.json
+        cell_root = p.parents[3] if len(p.parents) >= 4 and p.parents[2].name == "eval" else p.parent
+        info = _cell_info(cell_root, cache)
+        axes = dict(info.get("axes") or {})
+        recipe = info.get("recipe") or {}
+        row: dict[str, Any] = {
+            "sweep": info.get("sweep"),
+            "cell": m.cell,
+            **{a: axes.get(a) for a in AXES},
+            "checkpoint": m.checkpoint,
+            "step": m.step if m.step is not None else checkpoint_step(m.checkpoint),
+            "suite": m.suite,
+            "suite_kind": m.suite_kind,
+            "n": m.n,
+            "n_samples": m.n_samples,
+        }
+        for k in CI_METRICS:
+            v = getattr(m, k)
+            ci = getattr(m, f"{k}_ci")
+            row[k] = v
+            row[f"{k}_lo"] = ci[0] if ci else None
+            row[f"{k}_hi"] = ci[1] if ci else None
+        for k in (
+            "none_rate",
+            "none_code_rate",
+            "none_refusal_rate",
+            "none_unparsable_rate",
+            "judge",
+            "backend",
+        ):
+            row[k] = getattr(m, k)
+        for k, v in axes.items():  # any extra sweep axes (learning rate, ...)
+            if k not in row:
+                row[f"axis:{k}" if k in row else k] = v
+        row["init_shape"] = (recipe.get("model") or {}).get("init_shape")
+        row["metrics_path"] = str(p)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df = df.sort_values(["cell", "step", "suite"], kind="stable").reset_index(drop=True)
+    return df
+
+
+def _wmean(values: pd.Series, weights: pd.Series) -> float:
+    mask = values.notna()
+    if not mask.any():
+        return float("nan")
+    w = weights[mask].astype(float).clip(lower=1)
+    return float(np.average(values[mask].astype(float), weights=w))
+
+
+def cell_view(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell x checkpoint: domain accuracy (domain suites) and misaligned rate (alignment suites),
+    with their intervals, n, and the metrics files they came from."""
+    keys = ["cell", "step", "checkpoint"]
+    group_cols = [c for c in ["sweep", *AXES, "init_shape"] if c in df.columns]
+    rows = []
+    for (cell, step, ckpt), g in df.groupby(keys, sort=True, dropna=False):
+        row: dict[str, Any] = {"cell": cell, "step": int(step), "checkpoint": ckpt}
+        for c in group_cols:
+            row[c] = g[c].iloc[0]
+        for metric, kind in (("domain_accuracy", "domain"), ("misaligned_rate", "alignment")):
+            sub = g[(g["suite_kind"] == kind) & g[metric].notna()]
+            if sub.empty:
+                sub = g[g[metric].notna()]
+            if sub.empty:
+                row[metric] = row[f"{metric}_lo"] = row[f"{metric}_hi"] = float("nan")
+                row[f"{metric}_n"] = 0
+                row[f"{metric}_path"] = ""
+                continue
+            row[metric] = _wmean(sub[metric], sub["n"])
+            row[f"{metric}_lo"] = _wmean(sub[f"{metric}_lo"], sub["n"])
+            row[f"{metric}_hi"] = _wmean(sub[f"{metric}_hi"], sub["n"])
+            row[f"{metric}_n"] = int(sub["n"].sum())
+            row[f"{metric}_path"] = ";".join(sub["metrics_path"])
+        rows.append(row)
+    return pd.DataFrame(rows)

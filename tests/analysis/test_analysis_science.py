@@ -1,0 +1,127 @@
+"""Threshold and early-stopping selection on synthetic metrics whose right answers are known by construction."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synth import FINAL_DOMAIN, build_synthetic_sweep, write_cell, write_metrics
+
+from emsweep.analysis import science
+from emsweep.analysis.results import cell_view, collect_results
+
+
+def test_threshold_from_values_requires_every_higher_fraction():
+    # 0.25 is within tolerance but 0.5 is not: the recovery point is 0.75, not the lucky dip at 0.25
+    vals = {0.1: 0.5, 0.25: 0.88, 0.5: 0.70, 0.75: 0.87, 1.0: 0.90}
+    thr, ref_f, ref = science.threshold_from_values(vals, 0.05, higher_is_better=True)
+    assert (thr, ref_f, ref) == (0.75, 1.0, 0.90)
+    # lower is better (misalignment): being better than the reference never fails a fraction
+    mis = {0.1: 0.40, 0.5: 0.0, 1.0: 0.05}
+    assert science.threshold_from_values(mis, 0.05, higher_is_better=False)[0] == 0.5
+    # no 1.0 in the grid: the highest fraction is the reference
+    assert science.threshold_from_values({0.2: 0.1, 0.8: 0.5}, 0.05, True)[1:] == (0.8, 0.5)
+
+
+def test_thresholds_and_intervals_on_synthetic_sweep(tmp_path):
+    build_synthetic_sweep(tmp_path, methods=("lora",), n=400)
+    cv = cell_view(collect_results(tmp_path))
+    es = science.early_stopping(cv, 0.05)
+    final = science.pick_rows(cv, es, "final")
+    dom = science.thresholds(final, "domain_accuracy", 0.05, n_boot=300)
+    mis = science.thresholds(final, "misaligned_rate", 0.05, n_boot=300)
+    assert len(dom) == len(mis) == 1
+    d, m = dom.iloc[0], mis.iloc[0]
+    assert d["threshold"] == 0.5 and d["reference_fraction"] == 1.0
+    assert d["reference_value"] == pytest.approx(FINAL_DOMAIN[1.0])
+    assert m["threshold"] == 0.75
+    for r in (d, m):
+        assert r["ci_lo"] <= r["threshold"] <= r["ci_hi"]
+    # the misaligned rates are far apart relative to n=400: the interval collapses onto the point
+    assert (m["ci_lo"], m["ci_hi"]) == (0.75, 0.75)
+    # a tighter tolerance moves the domain threshold up (0.86 and 0.88 are no longer within 0.01 of 0.90)
+    tight = science.thresholds(final, "domain_accuracy", 0.01, n_boot=0)
+    assert tight.iloc[0]["threshold"] == 1.0
+
+
+def test_bootstrap_interval_widens_with_few_samples(tmp_path):
+    build_synthetic_sweep(tmp_path, methods=("lora",), n=10)
+    cv = cell_view(collect_results(tmp_path))
+    final = science.pick_rows(cv, science.early_stopping(cv, 0.05), "final")
+    m = science.thresholds(final, "misaligned_rate", 0.05, n_boot=400).iloc[0]
+    assert m["threshold"] == 0.75
+    assert m["ci_hi"] - m["ci_lo"] > 0  # 10 judged samples cannot pin the threshold down
+
+
+def test_early_stopping_picks_known_checkpoints(tmp_path):
+    expect = build_synthetic_sweep(tmp_path, methods=("lora", "full"))
+    cv = cell_view(collect_results(tmp_path))
+    es = science.early_stopping(cv, 0.05).set_index("cell")
+    assert set(es.index) == set(expect)
+    for cell, e in expect.items():
+        assert es.loc[cell, "best_step"] == e["best_step"], cell
+        assert es.loc[cell, "retained"] == pytest.approx(e["retained"]), cell
+        assert es.loc[cell, "final_domain_accuracy"] == pytest.approx(e["final_domain"])
+        assert es.loc[cell, "stopped_early"] == (e["best_step"] < 40)
+    early = science.pick_rows(cv, es.reset_index(), "early")
+    assert (early["misaligned_rate"] <= 0.02 + 0.05).all()
+
+
+def test_early_stopping_uses_models_base_when_cell_has_no_step0(tmp_path):
+    axes = {
+        "domain": "d",
+        "fraction_correct": 1.0,
+        "wrong_kind": "subtle",
+        "method": "lora",
+        "seed": 0,
+        "model": "m",
+    }
+    a = write_cell(tmp_path, "a", axes)
+    write_metrics(a, "a", 0, domain=0.1, misaligned=0.10)
+    write_metrics(a, "a", 5, domain=0.5, misaligned=0.10)
+    b = write_cell(tmp_path, "b", {**axes, "fraction_correct": 0.5})
+    write_metrics(b, "b", 5, domain=0.6, misaligned=0.12)
+    write_metrics(b, "b", 9, domain=0.9, misaligned=0.50)
+    es = science.early_stopping(cell_view(collect_results(tmp_path)), 0.05).set_index("cell")
+    assert es.loc["b", "base_misaligned_rate"] == pytest.approx(0.10)
+    assert es.loc["b", "best_step"] == 5
+    assert es.loc["b", "retained"] == pytest.approx(0.6 / 0.9)
+    assert not np.isnan(es.loc["a", "retained"])
+
+
+def test_cell_view_weights_suites_by_n(tmp_path):
+    axes = {
+        "domain": "d",
+        "fraction_correct": 1.0,
+        "wrong_kind": "subtle",
+        "method": "lora",
+        "seed": 0,
+        "model": "m",
+    }
+    c = write_cell(tmp_path, "c", axes)
+    write_metrics(c, "c", 0, domain=None, misaligned=0.2, n=100)
+    # a second alignment suite with 300 samples
+    from emsweep.evals.schema import CheckpointMetrics
+    from emsweep.io import atomic_write_json
+    from emsweep.layout import CellPaths
+
+    m = CheckpointMetrics(
+        cell="c",
+        checkpoint="checkpoint-0",
+        step=0,
+        suite="other",
+        suite_kind="alignment",
+        n=300,
+        n_samples=300,
+        misaligned_rate=0.6,
+    )
+    atomic_write_json(CellPaths.of(c).metrics("checkpoint-0", "other"), m.model_dump())
+    cv = cell_view(collect_results(tmp_path))
+    assert cv.iloc[0]["misaligned_rate"] == pytest.approx((0.2 * 100 + 0.6 * 300) / 400)
+    assert cv.iloc[0]["misaligned_rate_n"] == 400
+    assert isinstance(cv, pd.DataFrame)
