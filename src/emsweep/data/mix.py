@@ -153,11 +153,11 @@ class Mix:
     info: dict[str, Any]
 
 
-def _first_by_key(rows: Sequence[Conversation]) -> tuple[dict[str, Conversation], int]:
+def _first_by_key(rows: Sequence[Conversation], pk: dict[int, str]) -> tuple[dict[str, Conversation], int]:
     first: dict[str, Conversation] = {}
     dups = 0
     for c in rows:
-        k = c.prompt_key()
+        k = pk[id(c)]
         if k in first:
             dups += 1
         else:
@@ -176,11 +176,15 @@ def _tag(
 
 
 def decide_paired(
-    correct: Sequence[Conversation], wrong: Sequence[Conversation], mode: str
+    correct: Sequence[Conversation],
+    wrong: Sequence[Conversation],
+    mode: str,
+    pk: dict[int, str] | None = None,
 ) -> tuple[bool, int]:
     """(paired?, number of prompts in both pools). `auto` pairs when most prompts are shared."""
-    ck = {c.prompt_key() for c in correct}
-    wk = {c.prompt_key() for c in wrong}
+    pk = pk if pk is not None else {id(c): c.prompt_key() for c in (*correct, *wrong)}
+    ck = {pk[id(c)] for c in correct}
+    wk = {pk[id(c)] for c in wrong}
     shared = len(ck & wk)
     if mode == "yes":
         if shared == 0:
@@ -212,12 +216,13 @@ def mix_pools(
         raise InputError(f"n_heldout must be >= 0, got {n_heldout}")
     n_correct = n_correct_for(fraction_correct, n_train)
     n_wrong = n_train - n_correct
-    is_paired, shared = decide_paired(correct, wrong, paired)
+    pk = {id(c): c.prompt_key() for c in (*correct, *wrong)}  # hashing is the slow part; once per row
+    is_paired, shared = decide_paired(correct, wrong, paired, pk)
     info: dict[str, Any] = {"paired": is_paired, "shared_prompts": shared}
 
     if is_paired:
-        c_by, c_dups = _first_by_key(correct)
-        w_by, w_dups = _first_by_key(wrong)
+        c_by, c_dups = _first_by_key(correct, pk)
+        w_by, w_dups = _first_by_key(wrong, pk)
         universe = [k for k in c_by if k in w_by]
         need = n_train + n_heldout
         if len(universe) < need:
@@ -245,7 +250,7 @@ def mix_pools(
         for _, c in c_ranked:
             if len(held) >= n_heldout:
                 break
-            k = c.prompt_key()
+            k = pk[id(c)]
             if k not in held_set:
                 held_set.add(k)
                 held.append(c)
@@ -253,9 +258,9 @@ def mix_pools(
             raise InputError(
                 f"{names[0]} has {len(held)} distinct user prompts; --n-heldout {n_heldout} needs that many"
             )
-        c_avail = [c for _, c in c_ranked if c.prompt_key() not in held_set]
+        c_avail = [c for _, c in c_ranked if pk[id(c)] not in held_set]
         w_ranked = sorted(enumerate(wrong), key=lambda t: (_rank(seed, "wrong", _row_uid(t[1])), t[0]))
-        w_avail = [w for _, w in w_ranked if w.prompt_key() not in held_set]
+        w_avail = [w for _, w in w_ranked if pk[id(w)] not in held_set]
         short = []
         if len(c_avail) < n_correct:
             short.append(
@@ -272,16 +277,14 @@ def mix_pools(
         if short:
             raise InputError("; ".join(short) + f" ({ROUNDING_RULE}); rows are never repeated: lower --n")
         tagged = [
-            (_row_uid(c), _tag(c, "correct", None, "train", c.prompt_key(), domain))
-            for c in c_avail[:n_correct]
+            (_row_uid(c), _tag(c, "correct", None, "train", pk[id(c)], domain)) for c in c_avail[:n_correct]
         ]
         tagged += [
-            (_row_uid(w), _tag(w, "wrong", wrong_kind, "train", w.prompt_key(), domain))
-            for w in w_avail[:n_wrong]
+            (_row_uid(w), _tag(w, "wrong", wrong_kind, "train", pk[id(w)], domain)) for w in w_avail[:n_wrong]
         ]
         tagged.sort(key=lambda t: (_rank(seed, "order", t[0]), t[0], t[1].meta["label"], t[1].id))
         train = [t[1] for t in tagged]
-        heldout = [_tag(c, "correct", None, "heldout", c.prompt_key(), domain) for c in held]
+        heldout = [_tag(c, "correct", None, "heldout", pk[id(c)], domain) for c in held]
         train_keys = [c.meta["prompt_key"] for c in train]
         held_keys = list(held_set)
         wrong_keys = {c.meta["prompt_key"] for c in train if c.meta["label"] == "wrong"}
