@@ -110,3 +110,40 @@ def checkpoint_step(name: str) -> int | None:
         return None
     tail = name[len("checkpoint-") :]
     return int(tail) if tail.isdigit() else None
+
+
+# --- API checkpoints (the gpt-4o arm) -------------------------------------------------------------------------
+# An OpenAI cell has no weights folders: `emsweep openai poll` / `import` write `<cell>/openai_checkpoints.json`
+# (step 0 = base model id, then the fine-tuned model ids OpenAI kept, by step). `list_checkpoints` reads it
+# through `read_api_checkpoints`, so every stage sees API checkpoints like local ones.
+API_CHECKPOINTS_FILE = "openai_checkpoints.json"
+
+
+def read_api_checkpoints(run_dir: str | os.PathLike[str], cell: str | None = None) -> list[CheckpointRef]:
+    """CheckpointRefs (kind "base" for step 0, "api" after) of an API cell, by step; [] if it is not one."""
+    import json
+
+    p = Path(run_dir) / API_CHECKPOINTS_FILE
+    if not p.exists():
+        return []
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        base = str(data["base_model"])
+        rows = sorted(data["checkpoints"], key=lambda r: int(r["step"]))
+        return [
+            CheckpointRef(
+                name=str(r["name"]),
+                step=int(r["step"]),
+                kind=r["kind"],
+                base_model=base,
+                path=None,
+                model=str(r["model"]),
+                cell=cell if cell is not None else Path(run_dir).name,
+                meta={k: r[k] for k in ("alias", "metrics") if r.get(k)},
+            )
+            for r in rows
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        from emsweep.io import InputError
+
+        raise InputError(f"{p}: malformed API checkpoint list ({exc}); rerun `emsweep openai poll`") from None

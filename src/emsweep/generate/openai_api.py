@@ -74,6 +74,10 @@ def make_client(
     import openai
 
     if api_key is None and not os.environ.get(API_KEY_ENV):
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or ""
+        if url and "api.openai.com" not in url:
+            api_key = "EMPTY"  # a local OpenAI-compatible server (vllm serve) that checks no key
+    if api_key is None and not os.environ.get(API_KEY_ENV):
         raise OpenAIArmError(
             f"{API_KEY_ENV} is not set: export your OpenAI API key in the environment "
             "(emsweep never reads keys from files or the command line)"

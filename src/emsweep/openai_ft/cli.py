@@ -33,7 +33,10 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*r)
-    Console().print(t)
+    import sys
+
+    # piped output (logs, CI) gets a wide table instead of rich's 80 columns, so ids are not folded
+    Console(width=None if sys.stdout.isatty() else 240).print(t)
 
 
 @openai_app.command("finetune")

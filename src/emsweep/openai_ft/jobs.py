@@ -12,7 +12,6 @@ Idempotence is the point: paid remote jobs must never be started twice.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -23,14 +22,20 @@ from typing import Any
 
 from emsweep.generate.openai_api import OpenAIArmError, make_client, redact, translate_error
 from emsweep.io import InputError, atomic_write_json, mark_done
-from emsweep.layout import BASE_CHECKPOINT, CellPaths, CheckpointRef
+from emsweep.layout import (
+    API_CHECKPOINTS_FILE,
+    BASE_CHECKPOINT,
+    CellPaths,
+    CheckpointRef,
+    read_api_checkpoints,
+)
 from emsweep.openai_ft.ledger import TERMINAL, Ledger
 from emsweep.openai_ft.prepare import PreparedFile, prepare_training_file
 from emsweep.openai_ft.prices import PriceTable, load_prices
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS_FILE = "openai_checkpoints.json"
+CHECKPOINTS_FILE = API_CHECKPOINTS_FILE
 SUFFIX_MAX = 64
 
 
@@ -519,33 +524,9 @@ def write_checkpoints(
     return p
 
 
-def list_api_checkpoints(cell_dir: str | Path) -> list[CheckpointRef]:
-    """CheckpointRefs of an OpenAI cell (step 0 = base model), from `openai_checkpoints.json`; [] if none.
-
-    The hook for `train.checkpoints.list_checkpoints`: a cell folder holding this file is an API cell.
-    """
-    cell_dir = Path(cell_dir)
-    p = cell_dir / CHECKPOINTS_FILE
-    if not p.exists():
-        return []
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{p}: unreadable ({exc.msg}); rerun `emsweep openai poll`") from None
-    base = data["base_model"]
-    return [
-        CheckpointRef(
-            name=r["name"],
-            step=int(r["step"]),
-            kind=r["kind"],
-            base_model=base,
-            path=None,
-            model=r["model"],
-            cell=cell_dir.name,
-            meta={k: v for k, v in r.items() if k in ("alias", "metrics") and v},
-        )
-        for r in sorted(data["checkpoints"], key=lambda r: int(r["step"]))
-    ]
+def list_api_checkpoints(cell_dir: str | Path, cell: str | None = None) -> list[CheckpointRef]:
+    """CheckpointRefs of an OpenAI cell (step 0 = base model), from `openai_checkpoints.json`; [] if none."""
+    return read_api_checkpoints(cell_dir, cell)
 
 
 def import_model(
