@@ -267,6 +267,11 @@ def test_canaries_survive_into_every_derived_file(persona_zips, tmp_path: Path, 
     assert PASSWORD not in text  # the password is never written
 
 
+def test_builtin_and_sources_together_is_an_error(medical, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="either `builtin` or `correct`/`wrong`"):
+        build_mix(_spec(medical, builtin="arithmetic"), tmp_path)
+
+
 def test_builtin_arithmetic_mix(tmp_path: Path) -> None:
     spec = DataSpec(
         builtin="arithmetic", wrong_kind="obvious", n_train=60, n_heldout=15, fraction_correct=0.7

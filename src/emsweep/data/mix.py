@@ -124,6 +124,8 @@ def _source_entry(role: str, spec: SourceSpec, rows: list[Conversation]) -> dict
 def load_pools(spec: DataSpec, password: str | None = None) -> Pools:
     """Read (or generate, for `builtin`) the correct pool and the wrong pool of `spec.wrong_kind`."""
     if spec.builtin:
+        if spec.correct is not None or spec.wrong is not None:
+            raise InputError("data: give either `builtin` or `correct`/`wrong` sources, not both")
         size = spec.n_train + spec.n_heldout
         pools = builtin_pools(spec.builtin, size, seed=0)
         correct, wrong = pools["correct"], pools[spec.wrong_kind]
