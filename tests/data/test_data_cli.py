@@ -85,6 +85,16 @@ def test_builtin_then_mix_from_its_files_and_inspect(tmp_path: Path) -> None:
     r = _run("data", "inspect", str(tmp_path / "mix" / "heldout.jsonl"), "--json")
     s = json.loads(r.output)
     assert s["rows"] == 10 and s["labels"] == {"correct": 10}
+    r = _run("data", "inspect", str(tmp_path / "mix"))
+    assert r.exit_code == 0, r.output
+    assert "mix of 40 train rows, fraction correct 0.25" in r.output
+    assert (
+        "train (matches manifest): 40 rows" in r.output and "heldout (matches manifest): 10 rows" in r.output
+    )
+    with open(tmp_path / "mix" / "train.jsonl", "a") as fh:  # tampered after the manifest was written
+        fh.write((tmp_path / "mix" / "heldout.jsonl").read_text().splitlines()[0] + "\n")
+    r = _run("data", "inspect", str(tmp_path / "mix"))
+    assert "train (DOES NOT match manifest sha256): 41 rows" in r.output
 
 
 def test_mix_builtin_directly(tmp_path: Path) -> None:

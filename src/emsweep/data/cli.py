@@ -42,6 +42,8 @@ _EPILOG_INSPECT = """Examples:
 
   emsweep data inspect mixes/medical/f0.50/train.jsonl
 
+  emsweep data inspect mixes/medical/f0.50          (a whole mix: both files, checked against manifest.json)
+
   emsweep data inspect health_correct.zip --password-env HEALTH_ZIP_PW --json
 """
 
@@ -241,23 +243,8 @@ def summarize(rows: list[Any]) -> dict[str, Any]:
     }
 
 
-@data_app.command(epilog=_EPILOG_INSPECT)
-def inspect(
-    file: str = typer.Argument(..., help="Any readable source: JSONL(.gz), zip (or zip::member), HF path."),
-    password_env: str | None = typer.Option(None, "--password-env", help=_PASSWORD_ENV_HELP),
-    fmt: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-) -> None:
-    """Counts, role patterns, canaries and label shares of a data file (upstream or derived)."""
-    from emsweep.data.readers import read_source
-
-    spec = _source(file, password_env, fmt)
-    rows = _with_password_prompt(lambda pw: read_source(spec, pw), password_env)
-    s = summarize(rows)
-    if as_json:
-        typer.echo(json.dumps(s, indent=2, sort_keys=True, ensure_ascii=False))
-        return
-    typer.echo(f"{file}: {s['rows']} rows, {s['distinct_prompts']} distinct prompts")
+def _print_summary(name: str, s: dict[str, Any]) -> None:
+    typer.echo(f"{name}: {s['rows']} rows, {s['distinct_prompts']} distinct prompts")
     typer.echo("  roles: " + ", ".join(f"{k} ×{v}" for k, v in s["role_patterns"].items()))
     if s["canaries"]:
         typer.echo(
@@ -276,8 +263,70 @@ def inspect(
     typer.echo(
         f"  mean prompt/answer length: {s['mean_prompt_chars']:.0f}/{s['mean_answer_chars']:.0f} chars"
     )
-    manifest = Path(file).parent / "manifest.json"
-    if Path(file).is_file() and manifest.exists():
+
+
+def _check_mix_dir(d: Path) -> dict[str, Any]:
+    """A mix folder: its manifest, and whether train/heldout still match the hashes it recorded."""
+    from emsweep.io import sha256_file
+
+    m = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+    intact = {
+        k: (d / o["path"]).is_file() and sha256_file(d / o["path"]) == o["sha256"]
+        for k, o in m.get("outputs", {}).items()
+    }
+    return {"manifest": m, "intact": intact}
+
+
+@data_app.command(epilog=_EPILOG_INSPECT)
+def inspect(
+    file: str = typer.Argument(
+        ...,
+        help="A mix folder (with manifest.json), or any source: JSONL(.gz), zip (or zip::member), HF path.",
+    ),
+    password_env: str | None = typer.Option(None, "--password-env", help=_PASSWORD_ENV_HELP),
+    fmt: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Counts, role patterns, canaries and label shares of a data file (upstream or derived) or a mix folder."""
+    from emsweep.data.readers import read_source
+
+    p = Path(file)
+    if p.is_dir() and (p / "manifest.json").exists() and (p / "train.jsonl").exists():
+        info = _check_mix_dir(p)
+        m = info["manifest"]
+        summaries = {
+            k: summarize(read_source(p / o["path"])) if o.get("rows") else {"rows": 0}
+            for k, o in m.get("outputs", {}).items()
+        }
+        if as_json:
+            out = {"files": summaries, "intact": info["intact"], "manifest": m}
+            typer.echo(json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False))
+            return
+        typer.echo(
+            f"{p}: mix of {m.get('n_train')} train rows, fraction correct {m.get('fraction_correct_realized')} "
+            f"(requested {m.get('fraction_correct_requested')}), {m.get('n_heldout')} held-out, "
+            f"paired={m.get('paired')}, seed={m.get('seed')}"
+        )
+        for src in m.get("sources", []):
+            typer.echo(
+                f"  source ({src.get('role')}): {src.get('path')} sha256={str(src.get('sha256'))[:12]}…"
+            )
+        for k, s in summaries.items():
+            ok = "matches manifest" if info["intact"].get(k) else "DOES NOT match manifest sha256"
+            if s["rows"]:
+                _print_summary(f"{k} ({ok})", s)
+            else:
+                typer.echo(f"{k}: 0 rows ({ok})")
+        return
+    spec = _source(file, password_env, fmt)
+    rows = _with_password_prompt(lambda pw: read_source(spec, pw), password_env)
+    s = summarize(rows)
+    if as_json:
+        typer.echo(json.dumps(s, indent=2, sort_keys=True, ensure_ascii=False))
+        return
+    _print_summary(file, s)
+    manifest = p.parent / "manifest.json"
+    if p.is_file() and manifest.exists():
         typer.echo(f"  manifest: {manifest}")
 
 
