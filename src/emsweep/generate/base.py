@@ -103,6 +103,11 @@ class GenerationBackend(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         raise NotImplementedError(f"{self.name} backend cannot decode")
 
+    def token_texts(self) -> list[str] | None:
+        """The decoded text of every token id (index = id), or None if unknown. The judge reads the digit tokens
+        off it; without it, the judge finds them by tokenizing digit strings of up to 3 characters."""
+        return None
+
     @property
     def model_id(self) -> str:
         """What identifies the (judge) model in caches and metadata."""

@@ -126,6 +126,7 @@ class HFBackend(GenerationBackend):
         self._full_path: str | None = None
         self._eos_ids: list[int] = []
         self._prompt_cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._token_texts: list[str] | None = None
 
     # ---- models --------------------------------------------------------------------------------------------
     def _torch_dtype(self) -> Any:
@@ -262,6 +263,14 @@ class HFBackend(GenerationBackend):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_texts(self) -> list[str]:
+        if self._token_texts is None:
+            n = len(self.tokenizer)
+            self._token_texts = self.tokenizer.batch_decode(
+                [[i] for i in range(n)], skip_special_tokens=False
+            )
+        return self._token_texts
 
     @property
     def model_id(self) -> str:
