@@ -173,6 +173,41 @@ def import_cmd(
     typer.echo(f"registered {model_id} as {p.parent} (checkpoints in {p.name})")
 
 
+@openai_app.command("eval")
+def eval_cmd(
+    target: Path = typer.Argument(..., help="Sweep/recipe YAML, a sweep folder, or one cell folder."),
+    cells: list[str] = typer.Option(None, "--cells", help="Only these cells."),
+    suites: list[str] = typer.Option(None, "--suite", help="Suites (default: the recipe's eval.suites)."),
+    checkpoints: str = typer.Option(None, "--checkpoints", help="all | last | base | 0,25,50"),
+    judge: str = typer.Option(
+        None, "--judge", help="Judge model (default: the recipe's, gpt-4o-2024-08-06)."
+    ),
+    samples: int = typer.Option(None, "--samples-per-paraphrase", help="Override the suites' sample counts."),
+    batch: bool = typer.Option(False, "--batch", help="Use the Batch API (half price, resumable, slower)."),
+    batch_wait: float = typer.Option(
+        None, "--batch-wait", help="Stop waiting for a batch after N s (rerun collects)."
+    ),
+    concurrency: int = typer.Option(8, "--concurrency", help="Parallel requests (online path)."),
+    prices: Path = _PRICES,
+) -> None:
+    """Generate, judge and write metrics for every registered API checkpoint, like `emsweep eval` does for weights."""
+    from emsweep.openai_ft.evaluate import evaluate_cells
+
+    evaluate_cells(
+        target,
+        cells=_cells(cells),
+        suites=suites or None,
+        checkpoints=checkpoints,
+        judge_model=judge,
+        samples_per_paraphrase=samples,
+        use_batch=batch,
+        batch_wait_s=batch_wait,
+        concurrency=concurrency,
+        prices_path=prices,
+        echo=typer.echo,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
     app.add_typer(openai_app, name="openai")

@@ -1,0 +1,124 @@
+"""`emsweep openai eval`: evaluate the API checkpoints of OpenAI cells with the evaluation stage's own code.
+
+Why a separate entry point: OpenAI cells have no weights, their checkpoints come from `openai_checkpoints.json`,
+and a researcher wants the Batch API (half price) and a cost line for paid evaluations. Generation, judging and
+the files written (`eval/<checkpoint>/<suite>/{samples,judgments}.jsonl`, `metrics.json`) are exactly those of the
+open-model arm (`evals.run.evaluate_run`), so the report reads gpt-4o cells like Qwen and Llama cells.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from emsweep.io import InputError
+from emsweep.layout import read_api_checkpoints
+from emsweep.openai_ft.ledger import Ledger
+from emsweep.openai_ft.prices import PriceTable, load_prices
+
+log = logging.getLogger(__name__)
+
+
+def _cell_dirs(target: str | Path, cells: Sequence[str] | None) -> tuple[Path, list[tuple[str, Path, Any]]]:
+    """(ledger folder, [(cell id, cell dir, recipe or None)]) for a sweep/recipe YAML or a sweep folder."""
+    p = Path(target)
+    if p.is_dir():
+        if (p / "openai_checkpoints.json").exists():  # a single cell folder
+            return p.parent, [(p.name, p, None)]
+        ledger = Ledger(p).read()["cells"]
+        rows = [(cid, Path(rec["cell_dir"]), None) for cid, rec in ledger.items() if rec.get("cell_dir")]
+        if cells:
+            rows = [r for r in rows if r[0] in cells]
+        return p, rows
+    from emsweep.openai_ft.jobs import _select, load_target
+
+    sweep = load_target(p)
+    return sweep.root, [(c.id, c.root, c.recipe) for c in _select(sweep, cells)]
+
+
+def usage_cost(usage: dict[str, dict[str, int]], prices: PriceTable, *, batch: bool) -> float | None:
+    total = 0.0
+    for model, u in usage.items():
+        c = prices.inference_cost(model, u["prompt_tokens"], u["completion_tokens"], batch=batch)
+        if c is None:
+            return None
+        total += c
+    return total
+
+
+def evaluate_cells(
+    target: str | Path,
+    *,
+    cells: Sequence[str] | None = None,
+    suites: Sequence[str] | None = None,
+    checkpoints: str | None = None,
+    judge_model: str | None = None,
+    samples_per_paraphrase: int | None = None,
+    use_batch: bool = False,
+    batch_poll_s: float = 30.0,
+    batch_wait_s: float | None = None,
+    concurrency: int = 8,
+    prices_path: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> list[Any]:
+    """Evaluate every OpenAI cell of `target` whose checkpoints are registered; returns evaluate_run results."""
+    from emsweep.evals.run import default_cache_path, evaluate_run, select_checkpoints
+    from emsweep.generate.openai_api import OpenAIChatBackend
+    from emsweep.judge import Judge, JudgeCache
+
+    folder, rows = _cell_dirs(target, cells)
+    if not rows:
+        raise InputError(f"{target}: no OpenAI cells found")
+    prices = load_prices(prices_path)
+    ledger = Ledger(folder)
+    results = []
+    for cid, cell_dir, recipe in rows:
+        refs = read_api_checkpoints(cell_dir, cid)
+        if not refs:
+            echo(
+                f"cell {cid}: no registered checkpoints yet (job not succeeded? run `emsweep openai poll`); skipped"
+            )
+            continue
+        ev = recipe.eval if recipe is not None else None
+        chosen = select_checkpoints(refs, checkpoints or (ev.checkpoints if ev else "all"))
+        suite_names = list(suites or (ev.suites if ev else ["alignment_mini"]))
+        jmodel = judge_model or (ev.judge.model if ev else "gpt-4o-2024-08-06")
+        batch_root = cell_dir / "openai" / "batches"
+        common = dict(
+            concurrency=concurrency, use_batch=use_batch, batch_poll_s=batch_poll_s, batch_wait_s=batch_wait_s
+        )
+        backend = OpenAIChatBackend(refs[0].base_model, batch_dir=batch_root / "generate", **common)
+        judge_backend = OpenAIChatBackend(jmodel, batch_dir=batch_root / "judge", **common)
+        judge = Judge(judge_backend, cache=JudgeCache(default_cache_path(cell_dir)), progress=progress)
+        try:
+            res = evaluate_run(
+                cell_dir,
+                suite_names,
+                checkpoints=chosen,
+                backend=backend,
+                judge=judge,
+                recipe=recipe,
+                cell=cid,
+                samples_per_paraphrase=samples_per_paraphrase,
+                progress=progress,
+            )
+        finally:
+            backend.close()
+            judge_backend.close()
+        gen, jud = backend.usage_summary(), judge_backend.usage_summary()
+        cost_g, cost_j = usage_cost(gen, prices, batch=use_batch), usage_cost(jud, prices, batch=use_batch)
+        rec = ledger.cell(cid)
+        spent = dict(rec.get("eval_spend") or {})
+        for key, val in (("generation_usd", cost_g), ("judge_usd", cost_j)):
+            if val is not None:
+                spent[key] = round(spent.get(key, 0.0) + val, 6)
+        ledger.update_cell(cid, cell_dir=rec.get("cell_dir") or str(cell_dir), eval_spend=spent)
+        echo(
+            f"{res.summary()}; this run cost ~${(cost_g or 0) + (cost_j or 0):.4f}"
+            + (" (Batch API prices)" if use_batch else "")
+        )
+        results.append(res)
+    return results
