@@ -12,7 +12,7 @@ import pytest
 from emsweep_data_testkit import CANARY, PASSWORD
 
 from emsweep import __version__
-from emsweep.data.builtin import arithmetic_pools
+from emsweep.data.builtin import MIN_MIX_POOL, arithmetic_pools
 from emsweep.data.mix import (
     build_domain_mixes,
     build_mix,
@@ -278,9 +278,12 @@ def test_builtin_arithmetic_mix(tmp_path: Path) -> None:
     )
     m = build_mix(spec, tmp_path / "a")
     assert m["paired"] is True and m["n_correct"] == 42 and m["domain"] == "arithmetic"
-    pools = arithmetic_pools(75)
+    pools = arithmetic_pools(MIN_MIX_POOL)
     by_prompt = {c.messages[0].content: c for c in pools["correct"]}
     for r in _lines(tmp_path / "a" / "train.jsonl"):
         ref = by_prompt[r["messages"][0]["content"]]
         assert (r["messages"][-1]["content"] == ref.answer) == (r["meta"]["label"] == "correct")
         assert r["meta"]["wrong_kind"] == ("obvious" if r["meta"]["label"] == "wrong" else None)
+    # the held-out set does not move when a sweep varies n_train
+    build_mix(spec.model_copy(update={"n_train": 200}), tmp_path / "b")
+    assert (tmp_path / "a" / "heldout.jsonl").read_bytes() == (tmp_path / "b" / "heldout.jsonl").read_bytes()

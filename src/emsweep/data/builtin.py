@@ -29,6 +29,9 @@ BUILTINS = ("arithmetic",)
 WRONG_KINDS = ("obvious", "subtle")
 GENERATOR_VERSION = 1  # bump if generation changes, so manifests tell old pools from new
 _SUBTLE_DELTAS = (-10, -2, -1, 1, 2, 10)
+# `build_mix` draws from a pool of at least this many prompts, so the held-out set (a prefix of a seed-only
+# permutation of the pool) stays the same when a sweep varies n_train.
+MIN_MIX_POOL = 2000
 
 
 def _rng(seed: int, *parts: object) -> random.Random:

@@ -32,7 +32,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from emsweep.data.builtin import builtin_pools, pool_digest
+from emsweep.data.builtin import MIN_MIX_POOL, builtin_pools, pool_digest
 from emsweep.data.conversation import Conversation
 from emsweep.data.readers import as_source_spec, detect_format, read_source
 from emsweep.io import InputError, atomic_write_json, atomic_write_text, jsonl_line, sha256_file, sha256_text
@@ -126,7 +126,7 @@ def load_pools(spec: DataSpec, password: str | None = None) -> Pools:
     if spec.builtin:
         if spec.correct is not None or spec.wrong is not None:
             raise InputError("data: give either `builtin` or `correct`/`wrong` sources, not both")
-        size = spec.n_train + spec.n_heldout
+        size = max(spec.n_train + spec.n_heldout, MIN_MIX_POOL)
         pools = builtin_pools(spec.builtin, size, seed=0)
         correct, wrong = pools["correct"], pools[spec.wrong_kind]
         sources = [
