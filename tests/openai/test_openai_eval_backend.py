@@ -79,7 +79,7 @@ def test_unknown_model_is_clear(fake):
     ref = CheckpointRef(
         name="checkpoint-1", step=1, kind="api", base_model="gpt-4o-2024-08-06", model="ft:nope"
     )
-    with pytest.raises(InputError, match="404.*does not exist"):
+    with pytest.raises(InputError, match=r"404.*does not exist"):
         b.generate(
             [GenerationRequest("q", ref, [{"role": "user", "content": "x"}])], SamplingSpec(), progress=False
         )
@@ -163,7 +163,7 @@ def test_whole_cell_through_the_batch_api(fake, make_sweep):
 
 
 def test_eval_cli_and_key_never_written(fake, make_sweep, tmp_path):
-    sweep_yaml, sweep, cell = _finetuned_cell(fake, make_sweep)
+    sweep_yaml, sweep, _ = _finetuned_cell(fake, make_sweep)
     import os
 
     env = {**os.environ, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": fake.base_url}
