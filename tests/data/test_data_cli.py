@@ -121,6 +121,13 @@ def test_zip_password_from_env_flag_and_hidden_prompt(persona_zips, tmp_path: Pa
     assert r.exit_code == 0 and f"canary: {CANARY} ×60 (0 rows without)" in r.output
 
 
+def test_no_password_and_no_terminal_is_a_clear_error(persona_zips, monkeypatch) -> None:
+    monkeypatch.delenv("EMSWEEP_ZIP_PASSWORD", raising=False)
+    r = _run("data", "inspect", str(persona_zips["correct"]), input="")  # stdin closed, as in a batch job
+    assert isinstance(r.exception, InputError) and "password-locked" in str(r.exception)
+    assert "--password-env" in str(r.exception)
+
+
 def test_wrong_password_via_cli(persona_zips, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HEALTH_PW", "nope-nope")
     r = _run("data", "inspect", str(persona_zips["correct"]), "--password-env", "HEALTH_PW")

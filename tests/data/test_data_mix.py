@@ -138,6 +138,15 @@ def test_unpaired_pools_sample_exactly_and_nest(unpaired_pools) -> None:
 
 def test_paired_auto_detects_and_can_be_forced_off(med_pools, unpaired_pools) -> None:
     good, bad = med_pools
+    # most prompts shared: still paired; only the shared prompts are used
+    m = mix_pools(good[:300], bad[100:], n_train=150, n_heldout=20, fraction_correct=0.5)
+    assert m.info["paired"] is True and m.info["shared_prompts"] == 200
+    assert m.info["unshared_prompts_skipped"] == {"correct": 100, "wrong": 100}
+    shared = {c.prompt_key() for c in good[100:300]}
+    assert {c.meta["prompt_key"] for c in m.train + m.heldout} <= shared
+    # too few shared for auto: sampled
+    m = mix_pools(good[:150], bad[100:], n_train=100, fraction_correct=0.5)
+    assert m.info["paired"] is False and m.info["shared_prompts"] == 50
     m = mix_pools(good, bad, n_train=50, fraction_correct=0.5, paired="no")
     assert m.info["paired"] is False and m.info["shared_prompts"] == 400
     with pytest.raises(InputError, match="share no user prompt"):
@@ -177,6 +186,8 @@ def test_build_mix_writes_files_and_manifest(medical, tmp_path: Path) -> None:
     assert m["fraction_correct_requested"] == 0.3 and m["fraction_correct_realized"] == 0.3
     assert sum(r["meta"]["label"] == "correct" for r in train) == 30
     assert m["paired"] is True and m["counts"]["shared_prompts"] == 400
+    assert m["counts"]["unshared_prompts_skipped"] == {"correct": 0, "wrong": 0}
+    assert m["counts"]["wrong_answer_equals_correct"] == 0
     assert [s["sha256"] for s in m["sources"]] == [sha256_file(p) for p in medical]
     assert [s["path"] for s in m["sources"]] == [str(p) for p in medical]
     assert m["outputs"]["train"]["sha256"] == sha256_file(out / "train.jsonl")

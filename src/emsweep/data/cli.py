@@ -98,7 +98,10 @@ def _with_password_prompt(fn, password_env: str | None):
         if password_env:
             raise
         typer.echo(str(exc), err=True)
-        password = typer.prompt("Zip password", hide_input=True, err=True)
+        try:
+            password = typer.prompt("Zip password", hide_input=True, err=True)
+        except typer.Abort:  # no terminal (batch job, closed stdin): the original error says what to do
+            raise exc from None
         return fn(password)
 
 

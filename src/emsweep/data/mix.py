@@ -244,7 +244,24 @@ def mix_pools(
             else:
                 train.append(_tag(c_by[k], "correct", None, "train", k, domain))
         heldout = [_tag(c_by[k], "correct", None, "heldout", k, domain) for k in held_keys]
-        info.update({"duplicate_prompts_skipped": {"correct": c_dups, "wrong": w_dups}})
+        unshared = {"correct": len(c_by) - len(universe), "wrong": len(w_by) - len(universe)}
+        if unshared["correct"] or unshared["wrong"]:
+            log.warning(
+                "paired mixing uses the %d prompts both pools share; skipping %d correct-only and %d wrong-only prompts",
+                len(universe), unshared["correct"], unshared["wrong"],
+            )  # fmt: skip
+        same = sum(1 for k in universe if c_by[k].answer == w_by[k].answer)
+        if same:
+            log.warning(
+                "%d prompts have the same answer in both pools; their 'wrong' rows are not wrong", same
+            )
+        info.update(
+            {
+                "duplicate_prompts_skipped": {"correct": c_dups, "wrong": w_dups},
+                "unshared_prompts_skipped": unshared,
+                "wrong_answer_equals_correct": same,
+            }
+        )
     else:
         c_ranked = sorted(enumerate(correct), key=lambda t: (_rank(seed, "correct", _row_uid(t[1])), t[0]))
         held: list[Conversation] = []
@@ -346,11 +363,15 @@ def _write_mix(spec: DataSpec, pools: Pools, out_dir: Path, force: bool) -> dict
             "train_correct": n_correct,
             "train_wrong": n_wrong,
             "heldout": len(mix.heldout),
-            **(
-                {"duplicate_prompts_skipped": mix.info["duplicate_prompts_skipped"]}
-                if "duplicate_prompts_skipped" in mix.info
-                else {}
-            ),
+            **{
+                k: mix.info[k]
+                for k in (
+                    "duplicate_prompts_skipped",
+                    "unshared_prompts_skipped",
+                    "wrong_answer_equals_correct",
+                )
+                if k in mix.info
+            },
         },
         "n_train": len(mix.train),
         "n_heldout": len(mix.heldout),
