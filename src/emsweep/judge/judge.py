@@ -327,7 +327,7 @@ class Judge:
             raise InputError(f"a categorical judge needs at least two non-empty labels, got {labels}")
         prompts = list(prompts)
         method = "multi_token" if self.exact else "single_token"
-        params = {"v": _METHOD_VERSION, "top_k": self.top_k, "labels": labels, "prune": self.prune_below}
+        params = {"v": _METHOD_VERSION, "top_k": self.top_k, "labels": labels}
         compute = self._categorical_multi if self.exact else self._categorical_single
         raw = self._cached(f"categorical_{method}", params, prompts, lambda ps: compute(ps, labels))
         out = []
