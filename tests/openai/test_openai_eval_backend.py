@@ -152,7 +152,7 @@ def test_whole_cell_upload_job_checkpoints_generation_judge(fake, make_sweep):
 
 
 def test_whole_cell_through_the_batch_api(fake, make_sweep):
-    sweep_yaml, sweep, cell = _finetuned_cell(fake, make_sweep)
+    sweep_yaml, _, cell = _finetuned_cell(fake, make_sweep)
     evaluate_cells(
         sweep_yaml, use_batch=True, batch_poll_s=0, suites=["alignment_mini"], progress=False, echo=_quiet
     )
