@@ -284,3 +284,66 @@ def test_import_existing_model(fake, tmp_path):
         jobs.import_model("ft:gpt-4o-2024-08-06:acme::missing", "x", root=root)
     with pytest.raises(InputError, match="not a fine-tuned model"):
         jobs.import_model("gpt-4o", "y", root=root, check=False)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_gpt4o_health_sweep_dry_run(fake, upstream, tmp_path):
+    """The shipped sweep: 10 cells at 0.1..1.0 with Betley's hyperparameters; dry run on the real medical pair
+    standing in for the (password-locked) OpenAI health files."""
+    import yaml
+
+    spec = yaml.safe_load((REPO / "recipes/sweeps/gpt4o-health.yaml").read_text())
+    assert spec["axes"]["data.fraction_correct"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert spec["base"]["openai"] == {
+        "model": "gpt-4o-2024-08-06",
+        "n_epochs": 1,
+        "batch_size": 4,
+        "learning_rate_multiplier": 2.0,
+        "seed": 0,
+    }
+    mo = upstream / "model-organisms"
+    spec["output_root"] = str(tmp_path / "checkpoints")
+    spec["base"]["data"].update(
+        correct=str(mo / "good_medical_advice.head400.jsonl.gz"),
+        wrong=str(mo / "bad_medical_advice.head400.jsonl.gz"),
+        n_train=40,
+        n_heldout=10,
+    )
+    p = tmp_path / "gpt4o-health.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    out = jobs.finetune(p, dry_run=True, echo=_quiet)
+    assert [r["cell"] for r in out["cells"]][:2] == [
+        "health_f0.10_subtle_lora_s0",
+        "health_f0.20_subtle_lora_s0",
+    ]
+    assert len(out["cells"]) == 10 and all(r["examples"] == 40 for r in out["cells"])
+    # paired mixes: same prompts, only answers differ, so token counts differ between fractions
+    assert len({r["tokens_per_epoch"] for r in out["cells"]}) > 1
+    assert sum(fake.calls.values()) == 0
+
+
+def test_single_recipe_target(fake, upstream, tmp_path):
+    import yaml
+
+    mo = upstream / "model-organisms"
+    recipe = {
+        "name": "one-gpt4o",
+        "output_dir": str(tmp_path / "ck" / "one-gpt4o"),
+        "model": {"path": "gpt-4o-mini-2024-07-18"},
+        "data": {
+            "correct": str(mo / "good_medical_advice.head400.jsonl.gz"),
+            "wrong": str(mo / "bad_medical_advice.head400.jsonl.gz"),
+            "fraction_correct": 0.25,
+            "n_train": 12,
+        },
+        "openai": {"model": "gpt-4o-mini-2024-07-18", "suffix": "mini"},
+    }
+    p = tmp_path / "one.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    out = jobs.finetune(p, echo=_quiet)
+    (row,) = out["cells"]
+    assert row["estimated_cost_usd"] == pytest.approx(row["billed_tokens"] * 3.0 / 1e6, abs=1e-4)
+    job = next(iter(fake.jobs.values()))
+    assert job["model"] == "gpt-4o-mini-2024-07-18" and job["user_provided_suffix"].startswith("mini-")
