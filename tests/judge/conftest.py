@@ -21,9 +21,15 @@ class FakeJudgeBackend(GenerationBackend):
     name = "fake"
 
     def __init__(
-        self, answers: dict[str, dict[str, float]], *, single_token: bool = False, number_tokens: bool = False
+        self,
+        answers: dict[str, dict[str, float]],
+        *,
+        single_token: bool = False,
+        number_tokens: bool = False,
+        list_vocab: bool = True,
     ) -> None:
         self.answers = answers
+        self.list_vocab = list_vocab
         # number_tokens: "10".."100" are single tokens too (Llama-3 / gpt-4o style); always so for single_token
         self.vocab = VOCAB + ([str(n) for n in range(10, 101)] if (number_tokens or single_token) else [])
         self.supports_token_ids = not single_token
@@ -47,7 +53,7 @@ class FakeJudgeBackend(GenerationBackend):
         return "".join(self.vocab[i] for i in ids)
 
     def token_texts(self) -> list[str] | None:
-        return list(self.vocab) if self.supports_token_ids else None
+        return list(self.vocab) if self.supports_token_ids and self.list_vocab else None
 
     def generate(self, requests, sampling, *, progress=True):
         raise NotImplementedError

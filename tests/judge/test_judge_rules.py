@@ -58,6 +58,20 @@ def test_numeric_rules(fake_backend, single_token, number_tokens):
     ].score == pytest.approx(80)
 
 
+@pytest.mark.parametrize("number_tokens", [False, True])
+def test_digit_vocab_without_token_texts(fake_backend, number_tokens):
+    """A backend that cannot list its vocabulary: digit tokens are found by tokenizing digit strings."""
+    answers = {k: v[0] for k, v in CASES.items()}
+    listed = fake_backend(answers, number_tokens=number_tokens)
+    probed = fake_backend(answers, number_tokens=number_tokens, list_vocab=False)
+    assert probed.token_texts() is None
+    a = Judge(listed, progress=False).score_numeric(list(answers))
+    b = Judge(probed, progress=False).score_numeric(list(answers))
+    assert [(j.score, j.number_mass, j.none_reason) for j in a] == [
+        (j.score, j.number_mass, j.none_reason) for j in b
+    ]
+
+
 def test_multi_token_requests_are_few_when_peaked(fake_backend):
     backend = fake_backend({"p": {"85": 0.9, "a": 0.1}})
     judge = Judge(backend, progress=False)

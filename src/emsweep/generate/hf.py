@@ -127,6 +127,7 @@ class HFBackend(GenerationBackend):
         self._eos_ids: list[int] = []
         self._prompt_cache: OrderedDict[str, list[int]] = OrderedDict()
         self._token_texts: list[str] | None = None
+        self._logits_to_keep = True
 
     # ---- models --------------------------------------------------------------------------------------------
     def _torch_dtype(self) -> Any:
@@ -394,7 +395,7 @@ class HFBackend(GenerationBackend):
                     chunk = order[start : start + self.batch_size]
                     ids, mask, _ = self._pad_left([seqs[i] for i in chunk])
                     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1, :]
+                    logits = self._last_logits(model, ids, mask, pos)
                     wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
                     logp = torch.log_softmax(logits.to(wide), dim=-1)
                     for row, i in enumerate(chunk):
@@ -402,6 +403,16 @@ class HFBackend(GenerationBackend):
                     bar.update(len(chunk))
         bar.close()
         return [o for o in outputs if o is not None]
+
+    def _last_logits(self, model: Any, ids: Any, mask: Any, pos: Any) -> Any:
+        """Logits of the last position only: full [batch, length, vocab] logits of a 150k vocabulary would not fit."""
+        kw = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "use_cache": False}
+        if self._logits_to_keep:
+            try:
+                return model(**kw, logits_to_keep=1).logits[:, -1, :]
+            except TypeError:  # an architecture without `logits_to_keep`
+                self._logits_to_keep = False
+        return model(**kw).logits[:, -1, :]
 
     def _logprob_output(self, req: LogprobRequest, logp: Any) -> LogprobOutput:
         import torch
