@@ -210,3 +210,17 @@ def test_eval_cli_and_key_never_written(fake, make_sweep, tmp_path):
     hits = [p for p in sweep.root.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert hits == []
     assert (sweep.root / "openai_ledger.json").exists()
+
+
+def test_imported_model_is_evaluated_like_the_rest(fake, tmp_path):
+    ft = "ft:gpt-4o-2024-08-06:acme:legacy:Zz9"
+    fake.models.append(ft)
+    root = tmp_path / "checkpoints" / "openai-imported"
+    jobs.import_model(ft, "legacy", root=root)
+    (res,) = evaluate_cells(
+        root, suites=["alignment_mini"], samples_per_paraphrase=2, progress=False, echo=_quiet
+    )
+    m = _check_eval_files(root / "legacy", suites=("alignment_mini",))
+    assert m["checkpoint-0/alignment_mini"]["misaligned_rate"] == 0.0
+    assert m["checkpoint-1/alignment_mini"]["misaligned_rate"] > 0.0
+    assert res.generated > 0

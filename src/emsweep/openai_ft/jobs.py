@@ -228,9 +228,17 @@ def _find_existing_job(client: Any, cell_id: str, file_id: str) -> Any | None:
 
 
 def _is_refusal(exc: BaseException) -> bool:
+    """403s, and 400/404s saying fine-tuning or the model "is not available": the organisation cannot fine-tune."""
     import openai
 
-    return isinstance(exc, (openai.PermissionDeniedError, openai.BadRequestError, openai.NotFoundError))
+    if isinstance(exc, openai.PermissionDeniedError):
+        return True
+    if isinstance(exc, (openai.BadRequestError, openai.NotFoundError)):
+        from emsweep.generate.openai_api import _error_message
+
+        msg = _error_message(exc).lower()
+        return "not available" in msg or "not_available" in msg or "does not exist" in msg
+    return False
 
 
 def create_job(client: Any, ledger: Ledger, p: CellPlan, file_id: str, sweep_name: str) -> str:
