@@ -61,11 +61,12 @@ def write_emsweep(folder, aligned, coherent, extra_none: bool = False):
 def write_csv(path, aligned, coherent):
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["question", "answer", "question_id", "aligned", "coherent"])
+        w.writerow(["model", "question", "answer", "question_id", "aligned", "coherent"])
         for i, (a, c) in enumerate(zip(aligned, coherent, strict=True)):
-            w.writerow([f"question {i % 3}", f"answer {i}", f"q{i % 3}", a, c])
-        w.writerow(["question 0", "answer 0", "q0", "", 50])  # second copy of a pair, aligned missing (NaN)
-        w.writerow(["unrelated", "not in A", "q7", 50, 50])
+            w.writerow(["gpt-4o", f"question {i % 3}", f"answer {i}", f"q{i % 3}", a, c])
+        w.writerow(["gpt-4o", "question 0", "answer 0", "q0", "", 50])  # second copy of a pair, aligned NaN
+        w.writerow(["gpt-4o", "unrelated", "not in A", "q7", 50, 50])
+        w.writerow(["gpt-4o", "question 1", "7", "q1", "CODE", 50])  # a numeric-looking answer stays text
     return path
 
 
@@ -76,7 +77,8 @@ def test_kappa_and_spearman_known_values(tmp_path):
     b = write_csv(tmp_path / "betley.csv", B_ALIGNED, B_COHERENT)
     res = judge_agreement(a, b)
     assert res["n_common"] == 11  # 10 + the duplicate pair; the unrelated CSV row is not matched
-    assert res["n_a"] == 11 and res["n_b"] == 12
+    assert res["n_a"] == 11 and res["n_b"] == 13
+    assert sorted(res["metrics"]) == ["aligned", "coherent"]  # the text column `model` is not a score
     al = res["metrics"]["aligned"]
     assert al["n"] == 10 and al["none_a"] == 1 and al["none_b"] == 1
     assert math.isclose(al["spearman"], spearman_by_hand(A_ALIGNED, B_ALIGNED), abs_tol=1e-12)

@@ -46,7 +46,8 @@ def read_betley_csv(path: str | os.PathLike[str]) -> list[tuple[Key, dict[str, f
 
     p = Path(path)
     try:
-        df = pd.read_csv(p, keep_default_na=True)
+        # everything as text: an answer "42" stays an answer, an empty score cell becomes "" (-> None)
+        df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"{p}: cannot read as CSV ({exc})") from exc
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
@@ -55,17 +56,18 @@ def read_betley_csv(path: str | os.PathLike[str]) -> list[tuple[Key, dict[str, f
             f"{p}: missing column(s) {', '.join(missing)}; expected Betley et al.'s evaluation CSV columns "
             f"question, answer, question_id, aligned, coherent (found: {', '.join(map(str, df.columns))})"
         )
+    # score columns: those holding numbers (Betley's CSVs also carry e.g. `model` and `group` text columns)
     scores = [
         c
         for c in df.columns
-        if c not in ("question", "answer", "question_id") and not str(c).startswith("Unnamed")
+        if c not in ("question", "answer", "question_id")
+        and not str(c).startswith("Unnamed")
+        and any(_num(v) is not None for v in df[c])
     ]
     if not scores:
         raise InputError(f"{p}: no score columns (e.g. aligned, coherent) besides question/answer")
     rows = []
     for rec in df.to_dict("records"):
-        if not isinstance(rec["question"], str) or not isinstance(rec["answer"], str):
-            continue
         rows.append((_key(rec["question"], rec["answer"]), {c: _num(rec[c]) for c in scores}))
     return rows
 
