@@ -77,15 +77,24 @@ class SlurmCluster:
             time.sleep(1)
         raise AssertionError(f"jobs still queued after {timeout}s:\n" + "\n".join(self.queue()) + self.logs())
 
-    def completions(self) -> dict[str, dict[str, str]]:
-        """Final job records from jobcomp/filetxt (no accounting daemon here): job id -> fields."""
-        out: dict[str, dict[str, str]] = {}
+    def completions(self) -> list[dict[str, str]]:
+        """Final job records from jobcomp/filetxt (no accounting daemon here), one dict per job run."""
         if not self.jobcomp.exists():
-            return out
-        for line in self.jobcomp.read_text().splitlines():
-            rec = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-            if "JobId" in rec:
-                out[rec["JobId"]] = rec
+            return []
+        return [
+            dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+            for line in self.jobcomp.read_text().splitlines()
+            if "JobId=" in line
+        ]
+
+    def states(self, job_id: str) -> dict[str, list[str]]:
+        """Job (or array) id -> {task index or "-": [JobState of each run, in order]}."""
+        out: dict[str, list[str]] = {}
+        for rec in self.completions():
+            if rec.get("ArrayJobId") == job_id:
+                out.setdefault(rec.get("ArrayTaskId", "-"), []).append(rec["JobState"])
+            elif rec.get("JobId") == job_id and rec.get("ArrayJobId") in (None, "", "0", job_id):
+                out.setdefault("-", []).append(rec["JobState"])
         return out
 
     def logs(self, tail: int = 40) -> str:
@@ -250,3 +259,91 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         finally:
             os.environ.pop("SLURM_CONF", None)
             os.environ.update(old)
+
+
+# --- tiny sweeps ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """One tiny random-weight model (built offline) shared by every SLURM test: it is both model and judge."""
+    from emsweep.train.model_init import init_model
+
+    return init_model("tiny", tmp_path_factory.mktemp("slurm-models") / "tiny", seed=0)
+
+
+def sweep_yaml(
+    name: str,
+    root: Path,
+    model: Path,
+    *,
+    axes: dict | None = None,
+    max_steps: int = 6,
+    steps: tuple[int, ...] = (3, 6),
+    slurm: dict | None = None,
+) -> str:
+    """A 2-cell tiny sweep on CPU: LoRA on the tiny model, a few steps, a one-suite evaluation of the last
+    checkpoint judged by the tiny model itself (the mechanics, not the science)."""
+    import yaml
+
+    spec = {
+        "name": name,
+        "output_root": str(root),
+        "base": {
+            "model": {"path": str(model), "dtype": "float32"},
+            "data": {
+                "builtin": "arithmetic",
+                "domain": "arithmetic",
+                "wrong_kind": "subtle",
+                "n_train": 24,
+                "n_heldout": 3,
+                "seed": 0,
+            },
+            "method": "lora",
+            "lora": {"r": 4, "lora_alpha": 8},
+            "sft": {
+                "max_steps": max_steps,
+                "per_device_train_batch_size": 2,
+                "learning_rate": 1.0e-3,
+                "lr_scheduler_type": "constant",
+                "max_length": 48,
+                "use_cpu": True,
+                "report_to": "none",
+                "disable_tqdm": True,
+                "logging_steps": 1,
+                "seed": 0,
+            },
+            "checkpoints": {"steps": list(steps)},
+            "eval": {
+                "suites": ["domain"],
+                "checkpoints": "last",
+                "backend": "hf",
+                "samples_per_paraphrase": 1,
+                "sampling": {"temperature": 1.0, "max_tokens": 8, "seed": 0},
+                "judge": {"model": str(model), "backend": "hf"},
+            },
+            "slurm": {
+                "partition": PARTITION,
+                "gpus_per_node": 0,
+                "cpus_per_task": 1,
+                "mem": None,
+                "time": "00:15:00",
+                "signal": "USR1@30",
+                **(slurm or {}),
+            },
+        },
+        "axes": axes or {"data.fraction_correct": [0.5, 1.0]},
+    }
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+@pytest.fixture
+def make_sweep(tmp_path, tiny_model_dir):
+    """`make_sweep(name, **kw)` -> path of a tiny sweep YAML whose cells live under tmp_path/ck."""
+
+    def make(name: str = "tiny", **kw) -> Path:
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(sweep_yaml(name, tmp_path / "ck", tiny_model_dir, **kw))
+        return p
+
+    return make

@@ -23,4 +23,4 @@ def test_cluster_runs_a_job_and_requeues_fast(slurm_cluster, tmp_path):
     slurm_cluster.wait_empty(timeout=120, job_ids=[job])
     assert [ln for ln in out.read_text().splitlines() if ln.startswith("run")] == ["run 0", "run 1"]
     assert time.monotonic() - t0 < 90  # the default requeue hold is 120 s
-    assert slurm_cluster.completions()[job]["JobState"] == "COMPLETED"
+    assert slurm_cluster.states(job)["-"][-1] == "COMPLETED"
