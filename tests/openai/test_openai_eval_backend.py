@@ -224,3 +224,33 @@ def test_imported_model_is_evaluated_like_the_rest(fake, tmp_path):
     assert m["checkpoint-0/alignment_mini"]["misaligned_rate"] == 0.0
     assert m["checkpoint-1/alignment_mini"]["misaligned_rate"] > 0.0
     assert res.generated > 0
+
+
+def test_extra_body_and_ignore_eos(fake):
+    """Non-standard fields travel as extra_body (for subclasses like a vllm-serve backend)."""
+    seen = []
+    real = fake.chat
+
+    def spy(js):
+        seen.append(js)
+        return real(js)
+
+    fake.chat = spy
+
+    class Served(OpenAIChatBackend):
+        name = "served"
+        accepts_ignore_eos = True
+
+    b = Served("gpt-4o-2024-08-06", extra_body={"top_k": 5})
+    b.generate(
+        [GenerationRequest("q", BASE, [{"role": "user", "content": "x"}])],
+        SamplingSpec(ignore_eos=True),
+        progress=False,
+    )
+    assert seen[-1]["ignore_eos"] is True and seen[-1]["top_k"] == 5
+    with pytest.raises(InputError, match="ignore_eos"):
+        OpenAIChatBackend().generate(
+            [GenerationRequest("q", BASE, [{"role": "user", "content": "x"}])],
+            SamplingSpec(ignore_eos=True),
+            progress=False,
+        )

@@ -42,6 +42,29 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = "OPENAI_API_KEY"
 BATCH_MAX_REQUESTS = 50_000  # OpenAI's per-batch request limit
 BATCH_ENDPOINT = "/v1/chat/completions"
+# chat.completions.create parameters the SDK takes by name; anything else in a body (vLLM's `ignore_eos`, ...) goes
+# through `extra_body`, so online and Batch requests carry the same JSON.
+_SDK_PARAMS = frozenset(
+    [
+        "model",
+        "messages",
+        "n",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "seed",
+        "logprobs",
+        "top_logprobs",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "user",
+        "metadata",
+        "response_format",
+    ]
+)
 _KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-*]{4,}")
 
 
@@ -137,6 +160,7 @@ class OpenAIChatBackend(GenerationBackend):
     name = "openai"
     supports_token_ids = False
     max_top_logprobs = 20
+    accepts_ignore_eos = False  # vLLM's server takes `ignore_eos` (benchmarks); api.openai.com does not
 
     def __init__(
         self,
@@ -226,6 +250,10 @@ class OpenAIChatBackend(GenerationBackend):
             "max_tokens": sampling.max_tokens,
             "seed": sampling.seed,
         }
+        if sampling.ignore_eos:
+            if not self.accepts_ignore_eos:
+                raise InputError(f"{self.name} backend: ignore_eos is not supported by this server")
+            body["ignore_eos"] = True
         body.update(self.extra_body)
         return body
 
@@ -276,8 +304,10 @@ class OpenAIChatBackend(GenerationBackend):
 
     # --- online path ------------------------------------------------------------------------------------------
     def _create(self, body: dict[str, Any], what: str) -> dict[str, Any]:
+        known = {k: v for k, v in body.items() if k in _SDK_PARAMS}
+        extra = {k: v for k, v in body.items() if k not in _SDK_PARAMS}
         try:
-            resp = self.client.chat.completions.create(**body)
+            resp = self.client.chat.completions.create(**known, **({"extra_body": extra} if extra else {}))
         except Exception as exc:
             raise translate_error(exc, what) from exc
         data = resp.model_dump() if hasattr(resp, "model_dump") else dict(resp)
