@@ -254,3 +254,24 @@ def test_extra_body_and_ignore_eos(fake):
             SamplingSpec(ignore_eos=True),
             progress=False,
         )
+
+
+def test_evaluate_run_with_backend_openai_through_the_factory(fake, make_sweep):
+    """C2's path: `evaluate_run(..., backend_kind="openai", judge_backend="openai")` builds our backend via the factory."""
+    from emsweep.evals.run import evaluate_run
+
+    _, _, cell = _finetuned_cell(fake, make_sweep)
+    res = evaluate_run(
+        cell.root,
+        ["alignment_mini"],
+        checkpoints=read_api_checkpoints(cell.root),
+        backend_kind="openai",
+        judge_model="gpt-4o-2024-08-06",
+        judge_backend="openai",
+        samples_per_paraphrase=2,
+        progress=False,
+    )
+    assert res.generated > 0 and res.judged > 0
+    m = _check_eval_files(cell.root, suites=("alignment_mini",))
+    assert m["checkpoint-0/alignment_mini"]["backend"] == "openai"
+    assert m["checkpoint-5/alignment_mini"]["misaligned_rate"] > 0.0
