@@ -347,3 +347,22 @@ def test_single_recipe_target(fake, upstream, tmp_path):
     assert row["estimated_cost_usd"] == pytest.approx(row["billed_tokens"] * 3.0 / 1e6, abs=1e-4)
     job = next(iter(fake.jobs.values()))
     assert job["model"] == "gpt-4o-mini-2024-07-18" and job["user_provided_suffix"].startswith("mini-")
+
+
+def test_retry_failed_creates_a_new_job_reusing_the_upload(fake, make_sweep):
+    fake.fail_jobs = True
+    sweep_yaml = make_sweep(fractions=(0.5,))
+    jobs.finetune(sweep_yaml, echo=_quiet)
+    sweep = load_sweep(sweep_yaml)
+    jobs.poll(sweep.root, interval=0, echo=_quiet)
+    jobs.finetune(sweep_yaml, echo=_quiet)  # without --retry-failed: nothing new
+    assert len(fake.jobs) == 1
+    fake.fail_jobs = False
+    jobs.finetune(sweep_yaml, echo=_quiet, retry_failed=True)
+    assert len(fake.jobs) == 2 and fake.count("POST /v1/files") == 1
+    rec = Ledger(sweep.root).cell(sweep.cells[0].id)
+    assert (
+        rec["previous_jobs"][0]["status"] == "failed" and rec["job_id"] != rec["previous_jobs"][0]["job_id"]
+    )
+    rows = jobs.poll(sweep.root, interval=0, echo=_quiet)
+    assert rows[0]["status"] == "succeeded"

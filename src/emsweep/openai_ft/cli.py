@@ -47,11 +47,21 @@ def finetune_cmd(
     ),
     cells: list[str] = typer.Option(None, "--cells", help="Cell ids or indices (repeat or comma-separate)."),
     prices: Path = _PRICES,
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Start a new job for cells whose job failed or was cancelled."
+    ),
 ) -> None:
     """Write each cell's mix in OpenAI's format, upload it once, create one supervised job per cell."""
     from emsweep.openai_ft.jobs import finetune
 
-    out = finetune(target, cells=_cells(cells), dry_run=dry_run, prices_path=prices, echo=typer.echo)
+    out = finetune(
+        target,
+        cells=_cells(cells),
+        dry_run=dry_run,
+        prices_path=prices,
+        echo=typer.echo,
+        retry_failed=retry_failed,
+    )
     rows = [
         [
             r["cell"],
@@ -95,6 +105,13 @@ def _status_rows(rows: list[dict]) -> list[list[str]]:
     return out
 
 
+def _total_row(rows: list[dict]) -> list[str]:
+    spent = sum(r.get("cost_usd") or 0.0 for r in rows)
+    spent += sum(sum((r.get("eval_spend") or {}).values()) for r in rows)
+    pending = sum(r.get("estimated_cost_usd") or 0.0 for r in rows if r.get("cost_usd") is None)
+    return ["TOTAL", "", "", "", "", f"${spent:.2f} (+~${pending:.2f} pending)", "incl. evaluation"]
+
+
 _COLS = ["cell", "job", "status", "fine-tuned model", "ckpts", "cost", "error"]
 
 
@@ -109,7 +126,7 @@ def status_cmd(
     from emsweep.openai_ft.jobs import ledger_folder, refresh_all
 
     rows = refresh_all(ledger_folder(target), cells=_cells(cells), events=events, prices_path=prices)
-    _table("OpenAI fine-tuning jobs", _COLS, _status_rows(rows))
+    _table("OpenAI fine-tuning jobs", _COLS, [*_status_rows(rows), _total_row(rows)])
     for r in rows:
         for e in reversed(r.get("last_events") or []):
             typer.echo(f"  {r['cell']} [{e['level']}] {e['message']}")

@@ -219,10 +219,10 @@ def ensure_upload(client: Any, ledger: Ledger, p: CellPlan) -> str:
     return f.id
 
 
-def _find_existing_job(client: Any, cell_id: str, file_id: str) -> Any | None:
+def _find_existing_job(client: Any, cell_id: str, file_id: str, exclude: set[str]) -> Any | None:
     for job in client.fine_tuning.jobs.list(limit=100):
         meta = job.metadata or {}
-        if meta.get("emsweep_cell") == cell_id and job.training_file == file_id:
+        if meta.get("emsweep_cell") == cell_id and job.training_file == file_id and job.id not in exclude:
             return job
     return None
 
@@ -246,7 +246,8 @@ def create_job(client: Any, ledger: Ledger, p: CellPlan, file_id: str, sweep_nam
     rec = ledger.cell(cid)
     if rec.get("status") == "creating_job":
         try:
-            job = _find_existing_job(client, cid, file_id)
+            old = {j["job_id"] for j in rec.get("previous_jobs", [])}
+            job = _find_existing_job(client, cid, file_id, old)
         except Exception as exc:
             raise translate_error(exc, f"cell {cid}: looking for an existing job") from exc
         if job is not None:
@@ -296,8 +297,12 @@ def finetune(
     prices_path: str | Path | None = None,
     client: Any = None,
     echo: Callable[[str], None] = print,
+    retry_failed: bool = False,
 ) -> dict[str, Any]:
     """`emsweep openai finetune`: plan every cell, then (unless dry-run) upload and create missing jobs.
+
+    `retry_failed`: a cell whose job failed or was cancelled gets a new job (the upload is reused; the old job id
+    moves to `previous_jobs`). Without it, a cell with any job never gets another.
 
     Returns {"cells": [...per-cell rows...], "total_tokens", "total_cost_usd", "created", "reused"}.
     """
@@ -335,8 +340,22 @@ def finetune(
     for p in plans:
         cid = p.cell.id
         rec = ledger.cell(cid)
+        if rec.get("job_id") and retry_failed and rec.get("status") in ("failed", "cancelled"):
+            prev = [
+                *rec.get("previous_jobs", []),
+                {"job_id": rec["job_id"], "status": rec["status"], "error": rec.get("error")},
+            ]
+            ledger.update_cell(cid, job_id=None, status="retrying", error=None, previous_jobs=prev)
+            rec = ledger.cell(cid)
         if rec.get("job_id"):
             reused.append(cid)
+            if rec.get("train_sha256") and rec["train_sha256"] != p.prepared.sha256:
+                log.warning(
+                    "cell %s: its training file changed since job %s was created; the job is kept "
+                    "(cancel it and use --retry-failed, or a new sweep name, to train on the new data)",
+                    cid,
+                    rec["job_id"],
+                )
             echo(f"cell {cid}: job {rec['job_id']} exists ({rec.get('status')}); not creating another")
             continue
         ledger.update_cell(
