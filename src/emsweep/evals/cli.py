@@ -68,6 +68,9 @@ def register(app: typer.Typer) -> None:
         judge_cache: Path = typer.Option(
             None, help="Judge cache (sqlite; default <run>/eval/judge_cache.sqlite)."
         ),
+        judge_min_mass: float = typer.Option(
+            None, help="Score is None when numbers hold under this probability (Betley: 0.25)."
+        ),
         samples: int = typer.Option(
             None, "--samples", "-n", help="Samples per paraphrase (overrides the suites)."
         ),
@@ -106,6 +109,7 @@ def register(app: typer.Typer) -> None:
             judge_backend=judge_backend,
             judge_base_url=judge_base_url,
             judge_cache=judge_cache,
+            judge_options=None if judge_min_mass is None else {"min_number_mass": judge_min_mass},
             sampling=_sampling(max_tokens, temperature, top_p, seed, base),
             samples_per_paraphrase=samples,
             batch_size=batch_size,
@@ -127,6 +131,9 @@ def register(app: typer.Typer) -> None:
         judge_base_url: str = typer.Option(None, help="Server URL for an openai-compatible judge."),
         judge_cache: Path = typer.Option(
             None, help="Judge cache (sqlite; default <run>/eval/judge_cache.sqlite)."
+        ),
+        judge_min_mass: float = typer.Option(
+            None, help="Score is None when numbers hold under this probability (Betley: 0.25)."
         ),
         suite: list[str] = typer.Option(
             None, "--suite", "-s", help="Only these suite names (default: all found)."
@@ -151,6 +158,7 @@ def register(app: typer.Typer) -> None:
             judge_backend=kind,
             judge_base_url=judge_base_url,
             judge_cache=judge_cache,
+            judge_options=None if judge_min_mass is None else {"min_number_mass": judge_min_mass},
             batch_size=batch_size,
             thresholds=_thresholds(threshold) if threshold else None,
             progress=not no_progress,

@@ -158,6 +158,9 @@ class EvalResult:
 
 def _cache_counts(judge: Any) -> tuple[int, int]:
     """(hits, misses) of the judge's cache so far."""
+    cache = getattr(judge, "cache", None)
+    if cache is not None and hasattr(cache, "hits") and hasattr(cache, "misses"):
+        return int(cache.hits), int(cache.misses)
     stats = getattr(judge, "stats", None)
     if callable(stats):
         stats = stats()
@@ -190,14 +193,22 @@ def make_judge(
     base_url: str | None = None,
     engine: dict[str, Any] | None = None,
     batch_size: int | None = None,
+    progress: bool = True,
+    judge_options: dict[str, Any] | None = None,
 ) -> Any:
-    """A Judge on a fresh backend of `backend_kind` with a persistent cache at `cache_path`."""
+    """A Judge on a fresh backend of `backend_kind` with a persistent cache at `cache_path`.
+
+    `judge_options` go to `Judge(...)` (e.g. `min_number_mass`, Betley's 0.25 rule; `top_k`)."""
     from emsweep.generate.factory import make_backend
     from emsweep.judge import Judge, JudgeCache
 
     backend = make_backend(backend_kind, model, base_url=base_url, engine=engine, batch_size=batch_size)
     cache = JudgeCache(cache_path) if cache_path is not None else None
-    return Judge(backend, cache=cache)
+    try:
+        return Judge(backend, cache=cache, progress=progress, **(judge_options or {}))
+    except TypeError as exc:
+        backend.close()
+        raise InputError(f"judge options {sorted(judge_options or {})}: {exc}") from None
 
 
 def default_cache_path(run_dir: str | os.PathLike[str]) -> Path:
@@ -213,13 +224,13 @@ def _judge_rows(
     out: list[dict[str, Any] | None] = [None] * len(items)
     numeric = [i for i, (q, _, _) in enumerate(items) if not q.categorical]
     if numeric:
-        res = judge.score_numeric([items[i][2] for i in numeric], progress=progress)
+        res = judge.score_numeric([items[i][2] for i in numeric])
         for i, r in zip(numeric, res, strict=True):
             out[i] = {
                 "metric": items[i][1],
                 "score": _get(r, "score"),
                 "none_reason": _get(r, "none_reason"),
-                "mass": _get(r, "mass"),
+                "mass": _get(r, "number_mass"),
                 "judge": jid,
             }
     by_labels: dict[tuple[str, ...], list[int]] = defaultdict(list)
@@ -227,7 +238,7 @@ def _judge_rows(
         if q.categorical:
             by_labels[tuple(q.judge_labels[metric])].append(i)
     for labels, idxs in by_labels.items():
-        res = judge.score_categorical([items[i][2] for i in idxs], list(labels), progress=progress)
+        res = judge.score_categorical([items[i][2] for i in idxs], list(labels))
         for i, r in zip(idxs, res, strict=True):
             out[i] = {
                 "metric": items[i][1],
@@ -235,7 +246,7 @@ def _judge_rows(
                 "label": _get(r, "label"),
                 "probs": _get(r, "probs"),
                 "none_reason": _get(r, "none_reason"),
-                "mass": _get(r, "mass"),
+                "mass": None if _get(r, "outside_mass") is None else 1.0 - float(_get(r, "outside_mass")),
                 "judge": jid,
             }
     return [o for o in out if o is not None]
@@ -249,8 +260,18 @@ def _get(obj: Any, key: str) -> Any:
 
 
 def _resolve_base_model(run: CellPaths, base_model: str | None, recipe: Any) -> str | None:
+    """Explicit > cell.json's `base_model` (what training resolved) > the recipe's model path."""
+    import json
+
     if base_model:
         return base_model
+    if run.cell_json.exists():
+        try:
+            recorded = json.loads(run.cell_json.read_text(encoding="utf-8")).get("base_model")
+        except (json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded:
+            return str(recorded)
     if recipe is not None:
         return recipe.model.path
     return None
@@ -320,6 +341,7 @@ def evaluate_run(
     judge_backend: str | None = None,
     judge_base_url: str | None = None,
     judge_cache: str | os.PathLike[str] | None = None,
+    judge_options: dict[str, Any] | None = None,
     sampling: SamplingSpec | dict[str, Any] | None = None,
     samples_per_paraphrase: int | None = None,
     batch_size: int | None = None,
@@ -434,6 +456,8 @@ def evaluate_run(
                 base_url=judge_base_url,
                 engine=dict(ev.judge.engine) if ev else None,
                 batch_size=batch_size,
+                progress=progress,
+                judge_options=judge_options,
             )
             jid = _judge_id(judge)
             result.judge = jid
@@ -647,6 +671,7 @@ def judge_run(
     judge_backend: str = "hf",
     judge_base_url: str | None = None,
     judge_cache: str | os.PathLike[str] | None = None,
+    judge_options: dict[str, Any] | None = None,
     batch_size: int | None = None,
     thresholds: MetricParams | dict[str, Any] | None = None,
     cell: str | None = None,
@@ -705,6 +730,8 @@ def judge_run(
             cache_path=judge_cache or default_cache_path(run_dir),
             base_url=judge_base_url,
             batch_size=batch_size,
+            progress=progress,
+            judge_options=judge_options,
         )
     jid = _judge_id(judge)
     result = EvalResult(cell=cell, judge=jid)
