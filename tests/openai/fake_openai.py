@@ -157,8 +157,13 @@ class FakeOpenAI:
                             }
                         },
                     )
+                query = dict(
+                    kv.split("=", 1)
+                    for kv in (self.path.split("?", 1)[1:] or [""])[0].split("&")
+                    if "=" in kv
+                )
                 try:
-                    status, obj = srv.dispatch(method, path, self.headers, body)
+                    status, obj = srv.dispatch(method, path, self.headers, body, query)
                 except Exception as exc:
                     status, obj = (
                         500,
@@ -185,7 +190,10 @@ class FakeOpenAI:
             "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
         }
 
-    def dispatch(self, method: str, path: str, headers: Any, body: bytes) -> tuple[int, Any]:
+    def dispatch(
+        self, method: str, path: str, headers: Any, body: bytes, query: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        self._query = query or {}
         parts = path.strip("/").split("/")[1:]  # drop "v1"
         js = json.loads(body) if body and "json" in (headers.get("Content-Type") or "") else {}
         if parts == ["files"] and method == "POST":
@@ -278,7 +286,9 @@ class FakeOpenAI:
             job["_events"].append(self._event("Fine-tuning job cancelled", "warn"))
             return 200, self._public(job)
         if rest[1] == "events":
-            ev = list(reversed(job["_events"]))  # newest first, as the API does
+            ev = list(reversed(job["_events"]))[
+                : int(self._query.get("limit", 20))
+            ]  # newest first, as the API
             return 200, {"object": "list", "data": ev, "has_more": False}
         if rest[1] == "checkpoints":
             data = list(reversed(job["_checkpoints"])) if job["status"] == "succeeded" else []

@@ -96,6 +96,11 @@ def make_client(
     OpenAI-compatible servers that need no secret (e.g. `vllm serve` with "EMPTY")."""
     import openai
 
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # the SDK's HTTP layer logs every request at INFO; keep progress output readable unless --verbose
+        for name in ("httpx2", "httpx", "openai"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
     if api_key is None and not os.environ.get(API_KEY_ENV):
         url = base_url or os.environ.get("OPENAI_BASE_URL") or ""
         if url and "api.openai.com" not in url:
