@@ -366,3 +366,29 @@ def test_retry_failed_creates_a_new_job_reusing_the_upload(fake, make_sweep):
     )
     rows = jobs.poll(sweep.root, interval=0, echo=_quiet)
     assert rows[0]["status"] == "succeeded"
+
+
+def test_prepared_file_keeps_canary_in_manifest_and_rejects_bad_examples(tmp_path):
+    from emsweep.openai_ft.prepare import prepare_training_file
+
+    prices = load_prices()
+    rows = [
+        {
+            "id": f"r{i}",
+            "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+            "meta": {"canary": "CANARY-1234", "source": {"path": "x"}},
+        }
+        for i in range(10)
+    ]
+    src = tmp_path / "data" / "train.jsonl"
+    src.parent.mkdir()
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = prepare_training_file(src, tmp_path / "openai", model="gpt-4o-2024-08-06", prices=prices)
+    lines = [json.loads(x) for x in out.path.read_text().splitlines()]
+    assert lines[0] == {"messages": rows[0]["messages"]}
+    manifest = json.loads((tmp_path / "openai" / "manifest.json").read_text())
+    assert manifest["canaries"] == ["CANARY-1234"] and manifest["sha256"] == out.sha256
+    rows[3]["messages"] = [{"role": "user", "content": "no answer"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match=r"train\.jsonl:4: example 'r3' has no assistant turn"):
+        prepare_training_file(src, tmp_path / "openai", model="gpt-4o-2024-08-06", prices=prices)
