@@ -392,3 +392,12 @@ def test_prepared_file_keeps_canary_in_manifest_and_rejects_bad_examples(tmp_pat
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(InputError, match=r"train\.jsonl:4: example 'r3' has no assistant turn"):
         prepare_training_file(src, tmp_path / "openai", model="gpt-4o-2024-08-06", prices=prices)
+
+
+def test_snapshot_not_available_to_the_org_is_a_refusal(fake, make_sweep):
+    """400 `model_not_available` ("... is not available for fine-tuning or does not exist") is recorded as refused."""
+    sweep_yaml = make_sweep(fractions=(0.5,), model="gpt-4.1-mini-2025-04-14")
+    with pytest.raises(InputError, match=r"refused.*not available for fine-tuning"):
+        jobs.finetune(sweep_yaml, echo=_quiet)
+    sweep = load_sweep(sweep_yaml)
+    assert Ledger(sweep.root).cell(sweep.cells[0].id)["status"] == "refused"
