@@ -66,7 +66,7 @@ def evaluate_cells(
 ) -> list[Any]:
     """Evaluate every OpenAI cell of `target` whose checkpoints are registered; returns evaluate_run results."""
     from emsweep.evals.run import default_cache_path, evaluate_run, select_checkpoints
-    from emsweep.generate.openai_api import OpenAIChatBackend
+    from emsweep.generate.openai_api import BATCH_MAX_REQUESTS, OpenAIChatBackend
     from emsweep.judge import Judge, JudgeCache
 
     folder, rows = _cell_dirs(target, cells)
@@ -92,7 +92,14 @@ def evaluate_cells(
         )
         backend = OpenAIChatBackend(refs[0].base_model, batch_dir=batch_root / "generate", **common)
         judge_backend = OpenAIChatBackend(jmodel, batch_dir=batch_root / "judge", **common)
-        judge = Judge(judge_backend, cache=JudgeCache(default_cache_path(cell_dir)), progress=progress)
+        # with the Batch API one backend call = one batch: hand it whole suites, not the online path's small chunks
+        chunk = BATCH_MAX_REQUESTS if use_batch else None
+        judge = Judge(
+            judge_backend,
+            cache=JudgeCache(default_cache_path(cell_dir)),
+            progress=progress,
+            **({"chunk_size": chunk} if chunk else {}),
+        )
         try:
             res = evaluate_run(
                 cell_dir,
@@ -104,6 +111,7 @@ def evaluate_cells(
                 cell=cid,
                 samples_per_paraphrase=samples_per_paraphrase,
                 progress=progress,
+                **({"chunk_size": chunk} if chunk else {}),
             )
         finally:
             backend.close()
