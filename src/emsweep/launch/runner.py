@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from emsweep import __version__
-from emsweep.io import InputError, atomic_write_json, is_done, mark_done, read_marker
+from emsweep.io import InputError, atomic_write_json, is_done, mark_done, read_marker, sha256_file
 from emsweep.launch.sweep import STAGES, Cell, Sweep
 
 log = logging.getLogger(__name__)
@@ -70,24 +70,28 @@ def write_cell_json(sweep: Sweep, cell: Cell) -> Path:
     if p.exists():
         with contextlib.suppress(json.JSONDecodeError):
             old = json.loads(p.read_text())
-    manifest = read_marker(cell.root, "mix") or {}
-    rec = {
-        "cell": cell.id,
-        "index": cell.index,
-        "sweep": sweep.name,
-        "sweep_spec_hash": sweep.spec_hash,
-        "sweep_file": sweep.source,
-        "axes": cell.axes_record(),
-        "axis_values": cell.values,
-        "base_model": cell.recipe.model.path,
-        "method": cell.recipe.method,
-        "recipe": cell.recipe.model_dump(mode="json"),
-        "versions": _versions(),
-        "git_sha": _git_sha(),
-        "data_manifest_sha256": manifest.get("output_sha256") or manifest.get("sha256"),
-        "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    rec = dict(old)  # merge: the train stage adds its own keys (resolved config, truncation counts)
+    rec.update(
+        {
+            "cell": cell.id,
+            "index": cell.index,
+            "sweep": sweep.name,
+            "sweep_spec_hash": sweep.spec_hash,
+            "sweep_file": sweep.source,
+            "axes": cell.axes_record(),
+            "axis_values": cell.values,
+            "base_model": cell.recipe.model.path,
+            "method": cell.recipe.method,
+            "recipe": cell.recipe.model_dump(mode="json"),
+            "versions": _versions(),
+            "git_sha": _git_sha(),
+            "data_manifest_sha256": sha256_file(cell.paths.manifest)
+            if cell.paths.manifest.exists()
+            else None,
+            "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
     return atomic_write_json(p, rec)
 
 
@@ -122,19 +126,27 @@ def _jsonable(x: Any) -> Any:
         return [_jsonable(v) for v in x]
     if hasattr(x, "model_dump"):
         return _jsonable(x.model_dump(mode="json"))
+    import dataclasses
+
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return _jsonable(dataclasses.asdict(x))
     return str(x)
 
 
 def stage_mix(sweep: Sweep, cell: Cell) -> dict[str, Any]:
     from emsweep.data.mix import build_mix
 
-    out = build_mix(cell.recipe.data, cell.paths.data_dir)
-    return {"result": _jsonable(out)}
+    manifest = build_mix(cell.recipe.data, cell.paths.data_dir)
+    return {
+        "manifest_sha256": sha256_file(cell.paths.manifest) if cell.paths.manifest.exists() else None,
+        "fraction_correct_realized": manifest.get("fraction_correct_realized"),
+        "counts": _jsonable(manifest.get("counts")),
+    }
 
 
 def stage_train(sweep: Sweep, cell: Cell) -> dict[str, Any]:
-    from emsweep.train import run_training
     from emsweep.train.model_init import ensure_model
+    from emsweep.train.runner import run_training
 
     m = cell.recipe.model
     if m.init_shape:  # a recipe may name a model to build offline on first use; cells may race for it
@@ -150,10 +162,35 @@ def stage_train(sweep: Sweep, cell: Cell) -> dict[str, Any]:
 
 
 def stage_eval(sweep: Sweep, cell: Cell) -> dict[str, Any]:
-    """Generate, judge and write metrics.json for every checkpoint x suite of the cell."""
-    from emsweep.evals.run import evaluate_run
+    """Generate, judge and write metrics.json for every checkpoint x suite of the cell.
 
-    out = evaluate_run(cell.root, cell.recipe.eval.suites, recipe=cell.recipe)
+    The judge cache is shared by the sweep's cells (`<sweep>/judge_cache.sqlite`), so the base model's answers,
+    identical in every cell, are judged once."""
+    from emsweep.evals.run import evaluate_run, make_judge
+
+    ev = cell.recipe.eval
+    cache = Path(os.environ.get("EMSWEEP_JUDGE_CACHE") or sweep.root / "judge_cache.sqlite")
+    judge = None
+    if sweep.spec.judge_options:
+        judge = make_judge(
+            ev.judge.model,
+            ev.judge.backend,
+            cache_path=cache,
+            base_url=ev.judge.base_url,
+            engine=dict(ev.judge.engine) or None,
+            batch_size=ev.batch_size,
+        )
+        for k, v in sweep.spec.judge_options.items():
+            setattr(judge, k, v)
+    try:
+        out = evaluate_run(
+            cell.root, ev.suites, recipe=cell.recipe, judge=judge, judge_cache=cache, cell=cell.id
+        )
+    finally:
+        if judge is not None:
+            close = getattr(judge, "close", None) or getattr(getattr(judge, "backend", None), "close", None)
+            if callable(close):
+                close()
     return {"result": _jsonable(out)}
 
 
@@ -197,11 +234,13 @@ def run_cell(
         if on_stage:
             on_stage(cell, stage, "start")
         t0 = time.time()
-        with _stage_log(cell, stage):
+        # train keeps its own logs/train.log; the runner tees mix and eval into logs/<stage>.log
+        with _stage_log(cell, stage) if stage != "train" else contextlib.nullcontext():
             log.info("cell %s: stage %s starts", cell.id, stage)
             info = STAGE_FUNCS[stage](sweep, cell)
             log.info("cell %s: stage %s done in %.1fs", cell.id, stage, time.time() - t0)
-        mark_done(cell.root, stage, {**info, "seconds": round(time.time() - t0, 2), "cell": cell.id})
+        own = read_marker(cell.root, stage) or {}  # a stage may write its own marker (train does): keep it
+        mark_done(cell.root, stage, {**own, **info, "seconds": round(time.time() - t0, 2), "cell": cell.id})
         if stage == "mix":
             write_cell_json(sweep, cell)
         result[stage] = "done"

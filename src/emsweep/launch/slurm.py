@@ -283,13 +283,19 @@ def _train_launch(cell: Cell, spec: SlurmSpec) -> str:
     """The training step: in-process for one GPU (or CPU); `srun` + `accelerate launch` for several."""
     if spec.nodes * max(spec.gpus_per_node, 1) <= 1:
         return (
-            'run_forwarding USR1 "$PYTHON" -m emsweep sweep cell "$SWEEP_FILE" --cell "$CELL" --stages train'
+            "# One process on this node: the data mix, then training.\n"
+            'run_forwarding USR1 "$PYTHON" -m emsweep sweep cell "$SWEEP_FILE" --cell "$CELL" --stages mix,train\n'
+            "finish_if_preempted training"
         )
     acc = cell.recipe.accelerate_config
     cfg = f"--config_file {_q(Path(acc).resolve())}" if acc else "--multi_gpu"
-    return f"""# Several GPUs: one `accelerate launch` per node through srun (rendezvous as in alignment-handbook's
-# launcher); accelerate starts one training process per GPU. torchrun passes SIGTERM/INT/HUP/QUIT to its
-# workers; adding SIGUSR1 lets the checkpoint signal reach them too.
+    return f"""# 1. The data mix: one process, on this node.
+run_forwarding USR1 "$PYTHON" -m emsweep sweep cell "$SWEEP_FILE" --cell "$CELL" --stages mix
+finish_if_preempted "the data mix"
+
+# 2. Training on every GPU: one `accelerate launch` per node through srun (rendezvous as in alignment-handbook's
+# launcher); accelerate starts one process per GPU. torchrun passes SIGTERM/INT/HUP/QUIT to its workers;
+# adding SIGUSR1 lets the checkpoint signal reach them too.
 GPUS_PER_NODE=${{SLURM_GPUS_ON_NODE:-{spec.gpus_per_node}}}
 NUM_PROCESSES=$((SLURM_NNODES * GPUS_PER_NODE))
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
@@ -299,7 +305,8 @@ run_forwarding USR1 srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --cpus-per-
     --kill-on-bad-exit=1 bash -c "exec \\"$PYTHON\\" -m accelerate.commands.launch {cfg} \\
     --num_machines $SLURM_NNODES --num_processes $NUM_PROCESSES --machine_rank \\$SLURM_NODEID \\
     --main_process_ip $MASTER_ADDR --main_process_port $MASTER_PORT \\
-    -m emsweep sweep cell \\"$SWEEP_FILE\\" --cell $CELL --stages train\""""
+    -m emsweep sweep cell \\"$SWEEP_FILE\\" --cell $CELL --stages train\"
+finish_if_preempted training"""
 
 
 def _requeue_action(spec: SlurmSpec) -> str:

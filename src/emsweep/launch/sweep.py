@@ -47,6 +47,7 @@ from emsweep.recipe import Recipe
 
 STAGES: tuple[str, ...] = ("mix", "train", "eval")
 SWEEP_RECORD = "sweep.json"
+JUDGE_OPTIONS = {"prune_below", "min_number_mass", "top_k"}
 
 
 class SweepSpec(StrictModel):
@@ -57,6 +58,17 @@ class SweepSpec(StrictModel):
     zip: list[dict[str, list[Any]]] = Field(default_factory=list)
     set: dict[str, Any] = Field(default_factory=dict)
     description: str | None = None
+    # keyword settings of the logprob judge that recipes do not carry (prune_below, min_number_mass, top_k):
+    # e.g. the demo's tiny random judge, whose number mass is spread over the whole vocabulary
+    judge_options: dict[str, float | int] = Field(default_factory=dict)
+
+    @field_validator("judge_options")
+    @classmethod
+    def _judge_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(set(v) - JUDGE_OPTIONS)
+        if bad:
+            raise ValueError(f"unknown judge option(s) {bad}; known: {sorted(JUDGE_OPTIONS)}")
+        return v
 
     @field_validator("name")
     @classmethod
