@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
+import pytest
+
 from emsweep.judge import Judge, JudgeCache
 
 DIST = {"42": 0.5, "7": 0.2, "CODE": 0.3}
@@ -13,10 +15,10 @@ def _prompts(lo: int, hi: int) -> list[str]:
     return [f"prompt {i}" for i in range(lo, hi)]
 
 
-def _worker(backend_cls, path: str, lo: int, hi: int, q) -> None:
+def _worker(backend_cls, path: str, lo: int, hi: int, q, journal_mode: str = "wal") -> None:
     prompts = _prompts(lo, hi)
     backend = backend_cls(dict.fromkeys(prompts, DIST))
-    cache = JudgeCache(path)
+    cache = JudgeCache(path, journal_mode=journal_mode)
     judge = Judge(backend, cache=cache, progress=False, chunk_size=7)
     scores = [j.score for j in judge.score_numeric(prompts)]
     q.put((lo, backend.calls, cache.hits, cache.misses, scores))
@@ -47,12 +49,15 @@ def test_rerun_makes_zero_calls(tmp_path, fake_backend):
     assert len(cache2) == 6
 
 
-def test_cache_shared_by_concurrent_processes(tmp_path, fake_backend):
+@pytest.mark.parametrize("journal_mode", ["wal", "delete"])
+def test_cache_shared_by_concurrent_processes(tmp_path, fake_backend, journal_mode):
     path = str(tmp_path / "shared.sqlite")
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     # two processes at once, overlapping prompts 20..39
-    procs = [ctx.Process(target=_worker, args=(fake_backend, path, lo, lo + 40, q)) for lo in (0, 20)]
+    procs = [
+        ctx.Process(target=_worker, args=(fake_backend, path, lo, lo + 40, q, journal_mode)) for lo in (0, 20)
+    ]
     for p in procs:
         p.start()
     results = sorted(q.get(timeout=120) for _ in procs)
@@ -65,3 +70,14 @@ def test_cache_shared_by_concurrent_processes(tmp_path, fake_backend):
     _worker(fake_backend, path, 0, 60, q)
     _, calls, hits, misses, _ = q.get(timeout=10)
     assert (calls, hits, misses) == (0, 60, 0)
+
+
+def test_unusable_cache_file_is_a_clear_error(tmp_path):
+    from emsweep.io import InputError
+
+    bad = tmp_path / "judge.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(InputError, match=r"judge\.sqlite: not a usable sqlite database"):
+        JudgeCache(bad)
+    with pytest.raises(InputError, match="journal mode"):
+        JudgeCache(tmp_path / "ok.sqlite", journal_mode="memory")

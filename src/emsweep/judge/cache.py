@@ -41,9 +41,20 @@ def cache_key(judge: str, method: str, params: dict[str, Any], prompt: str) -> s
 class JudgeCache:
     """`get_many`/`put_many` by key; `hits`/`misses` count lookups for the summary line."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, timeout_s: float = 60.0, journal_mode: str | None = None
+    ) -> None:
+        """`journal_mode`: "wal" (default) for processes on one machine; "delete" (the rollback journal with POSIX
+        locks) when nodes share the file over a network filesystem, where WAL's shared memory does not work.
+        Default from $EMSWEEP_JUDGE_CACHE_JOURNAL, else "wal"."""
         self.path = Path(path)
         self.timeout_s = timeout_s
+        mode = (journal_mode or os.environ.get("EMSWEEP_JUDGE_CACHE_JOURNAL") or "wal").lower()
+        if mode not in ("wal", "delete", "truncate", "persist"):
+            raise InputError(
+                f"judge cache journal mode {mode!r}: use wal (one machine) or delete (network filesystem)"
+            )
+        self.journal_mode = mode
         self.hits = 0
         self.misses = 0
         self._local = threading.local()
@@ -63,9 +74,9 @@ class JudgeCache:
         if conn is None or getattr(self._local, "key", None) != key:
             conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
-            for _ in range(50):  # switching to WAL needs a moment of exclusive access
+            for _ in range(50):  # switching the journal mode needs a moment of exclusive access
                 try:
-                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute(f"PRAGMA journal_mode = {self.journal_mode.upper()}")
                     break
                 except sqlite3.OperationalError:
                     time.sleep(0.1)
