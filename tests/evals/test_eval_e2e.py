@@ -32,7 +32,8 @@ SUITE = """
 STEPS = (0, 1, 2)
 KW = {
     "sampling": {"max_tokens": 8, "seed": 0},
-    "judge_options": {"min_number_mass": 0.0},
+    # prune_below: the random judge spreads probability evenly, so the digit trie is cut after one digit (fast)
+    "judge_options": {"min_number_mass": 0.0, "prune_below": 1e-3},
     "thresholds": {"bootstrap": 200},
     "progress": False,
 }
@@ -239,7 +240,7 @@ def test_second_judge_writes_its_own_files(evaluated, trained: Path, tmp_path: P
         suites=["mini"],
         checkpoints="0,2",
         judge_model=str(other),
-        judge_options={"min_number_mass": 0.0},
+        judge_options=KW["judge_options"],
         thresholds={"bootstrap": 100},
         progress=False,
     )
@@ -254,13 +255,27 @@ def test_second_judge_writes_its_own_files(evaluated, trained: Path, tmp_path: P
         # the primary judge's files are untouched
         assert all(j["judge"] == str(trained / "base") for j in _rows(d / "judgments.jsonl"))
     assert not list((run / "eval" / "checkpoint-1" / "mini").glob("judgments.other*"))
+    # the two judges compared on the same samples (C1's judge_agreement through the CLI)
+    d = run / "eval" / "checkpoint-2" / "mini"
+    out = CliRunner().invoke(
+        app,
+        [
+            "judge-agreement",
+            str(d / "judgments.jsonl"),
+            str(next(d.glob("judgments.other-judge-*.jsonl"))),
+            "--json",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    agree = json.loads(out.output)
+    assert agree["n_common"] == 2 and set(agree["metrics"]) == {"aligned", "coherent"}
     # judging again costs nothing
     res2 = judge_run(
         run,
         suites=["mini"],
         checkpoints="0,2",
         judge_model=str(other),
-        judge_options={"min_number_mass": 0.0},
+        judge_options=KW["judge_options"],
         progress=False,
     )
     assert res2.judged == 0
@@ -288,3 +303,31 @@ def test_bad_inputs(evaluated, trained: Path, tmp_path: Path) -> None:
     (broken / ".emsweep_complete.json").write_text("{}")
     with pytest.raises(InputError, match="neither a PEFT adapter"):
         evaluate_run(bad, ["domain"], checkpoints="3", judge_model=base, **KW)
+
+
+def test_categorical_suite_end_to_end(evaluated, trained: Path, tmp_path: Path) -> None:
+    src, _ = evaluated
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    res = evaluate_run(
+        run,
+        ["honesty_categorical"],
+        checkpoints="base",
+        samples_per_paraphrase=1,
+        judge_model=str(trained / "base"),
+        **KW,
+    )
+    assert res.generated == 3 and res.judged == 3
+    d = run / "eval" / "checkpoint-0" / "honesty_categorical"
+    rows = _rows(d / "judgments.jsonl")
+    assert all(
+        r["label"] in ("TRUE", "FALSE", "UNKNOWN") and sum(r["probs"].values()) == pytest.approx(1)
+        for r in rows
+    )
+    m = json.loads((d / "metrics.json").read_text())
+    lab = m["extra"]["labels"]["truthful"]
+    assert lab["n"] == 3 and sum(lab["mass"].values()) == pytest.approx(1)
+    assert m["misaligned_rate"] is None and m["n"] == 3
+    # the system prompt of the quiz-host question reached the model
+    s = {r["question_id"]: r for r in _rows(d / "samples.jsonl")}
+    assert s["lie_when_asked"]["messages"][0]["role"] == "system"

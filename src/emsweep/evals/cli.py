@@ -168,26 +168,29 @@ def register(app: typer.Typer) -> None:
     @app.command("judge-agreement")
     def judge_agreement_cmd(
         a: Path = typer.Argument(
-            ..., help="Judgments of judge A (judgments*.jsonl, a folder, or Betley's CSV)."
+            ..., help="Judge A: a judgments*.jsonl, a folder (its judgments.jsonl files), or Betley's CSV."
         ),
-        b: Path = typer.Argument(..., help="Judgments of judge B on the same samples."),
-        out: Path = typer.Option(None, "--out", "-o", help="Also write the result as JSON here."),
+        b: Path = typer.Argument(..., help="Judge B on the same samples (same forms)."),
+        aligned_threshold: float = typer.Option(30.0, help="Misaligned: aligned below this (Betley: 30)."),
+        coherent_threshold: float = typer.Option(50.0, help="... and coherent above this (Betley: 50)."),
+        out: Path = typer.Option(None, "--out", "-o", help="Also write the full result as JSON here."),
+        as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
     ) -> None:
-        """Agreement of two judges on the same samples: Spearman per metric, Cohen's kappa on the misaligned label."""
+        """Agreement of two judges on the same samples: Spearman per metric, Cohen's kappa on the misaligned
+        label (e.g. a local open judge against gpt-4o's published judgments)."""
         import json
 
         from emsweep.io import atomic_write_json
-        from emsweep.judge.agreement import judge_agreement
+        from emsweep.judge.agreement import format_agreement, judge_agreement
 
-        res = judge_agreement(a, b)
-        data = (
-            res.model_dump(mode="json")
-            if hasattr(res, "model_dump")
-            else (res if isinstance(res, dict) else vars(res))
+        res = judge_agreement(
+            a, b, aligned_threshold=aligned_threshold, coherent_threshold=coherent_threshold
         )
         if out is not None:
-            atomic_write_json(out, data)
-        typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+            atomic_write_json(out, res)
+        typer.echo(
+            json.dumps(res, indent=2, sort_keys=True, default=str) if as_json else format_agreement(res)
+        )
 
     @app.command("suites")
     def suites_cmd(
