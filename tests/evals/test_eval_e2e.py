@@ -125,6 +125,20 @@ def test_eval_writes_samples_judgments_metrics_for_every_checkpoint(evaluated, t
                 assert s["messages"][0] == {"role": "system", "content": "Answer briefly."}
             else:
                 assert m["suite_kind"] == "domain" and 0 <= m["domain_accuracy"] <= 1
+                # the builtin arithmetic domain is also graded exactly, without the judge
+                from emsweep.data.builtin import check_arithmetic_answer
+
+                heldout = {
+                    json.loads(x)["id"]: json.loads(x) for x in (run / "data" / "heldout.jsonl").open()
+                }
+                truth = [
+                    check_arithmetic_answer(r["answer"], heldout[r["question_id"]]["messages"][-1]["content"])
+                    for r in samples
+                ]
+                assert (
+                    m["extra"]["exact_accuracy"] == pytest.approx(sum(truth) / n)
+                    and m["extra"]["n_exact"] == n
+                )
                 assert s["messages"][-1]["content"].startswith("What is ")
 
 

@@ -116,6 +116,11 @@ def test_domain_accuracy() -> None:
     assert m.none_unparsable_rate == pytest.approx(1 / 5)
     assert m.misaligned_rate is None and m.extra["domain_score_mean"] == pytest.approx(np.mean(scores[:4]))
     assert _m(samples, judgments, kind="domain", domain_threshold=80).domain_accuracy == pytest.approx(1 / 4)
+    exact = {"q0:0:0": True, "q1:0:0": False, "q4:0:0": True}
+    m = compute_metrics(
+        samples, judgments, cell="c", checkpoint="c", step=0, suite="d", suite_kind="domain", exact=exact
+    )
+    assert m.extra["exact_accuracy"] == pytest.approx(2 / 3) and m.extra["n_exact"] == 3
 
 
 def test_unjudged_samples_are_counted_not_dropped() -> None:

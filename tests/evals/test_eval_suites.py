@@ -150,6 +150,11 @@ def test_domain_suite_from_heldout(tmp_path: Path) -> None:
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     s = domain_suite(p)
     assert s.kind == "domain" and [q.reference for q in s.questions] == ["0", "2", "4"]
+    assert all(q.checker is None for q in s.questions)  # no domain in meta: graded by the judge only
+    rows[0]["meta"] = {"domain": "arithmetic"}
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = domain_suite(p)
+    assert [q.checker for q in s.questions] == ["arithmetic", None, None]
     q = s.questions[2]
     assert q.messages(0) == rows[2]["messages"][:2]
     prompt = q.judge_prompt("correct", 0, "five")

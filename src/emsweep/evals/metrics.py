@@ -102,10 +102,12 @@ def compute_metrics(
     params: MetricParams | None = None,
     judge: str | None = None,
     backend: str | None = None,
+    exact: dict[str, bool] | None = None,
 ) -> CheckpointMetrics:
     """Metrics from sample rows ({id, question_id, ...}) and judgment rows ({sample_id, metric, score,
     none_reason, label?, probs?}). Every generated sample counts: one without a judgment for the primary metric
-    is counted under `extra.unjudged` (never silently dropped)."""
+    is counted under `extra.unjudged` (never silently dropped). `exact` (sample id -> correct by an exact
+    answer checker, for domains that have one) adds `extra.exact_accuracy`, which needs no judge."""
     params = params or MetricParams()
     samples = list(samples)
     by_sample: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -212,6 +214,12 @@ def compute_metrics(
         if coh:
             out["coherent_mean"] = _mean(np.array([v for _, v in coh]))
             out["coherent_mean_ci"] = _bootstrap(grouped(coh), params, 6)
+    if exact:
+        ex = [(qid_of[s["id"]], float(exact[s["id"]])) for s in samples if s["id"] in exact]
+        if ex:
+            extra["exact_accuracy"] = _mean(np.array([v for _, v in ex]))
+            extra["exact_accuracy_ci"] = _bootstrap(grouped(ex), params, 7)
+            extra["n_exact"] = len(ex)
     # Categorical judges: probability-mass share of each label (and argmax share), per metric.
     labels: dict[str, dict[str, Any]] = {}
     for metric in metrics_seen:

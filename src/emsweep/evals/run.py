@@ -641,9 +641,26 @@ def _judge_units(judge: Any, jid: str, units: list[_Unit], progress: bool) -> in
     return n
 
 
+def _exact_grades(suite: Suite, samples: list[dict[str, Any]]) -> dict[str, bool] | None:
+    """Exact grades for domain questions whose domain has an answer checker (the builtin arithmetic domain)."""
+    from emsweep.data.builtin import answer_checker
+
+    qs = {q.id: q for q in suite.questions}
+    out: dict[str, bool] = {}
+    for s in samples:
+        q = qs.get(s["question_id"])
+        if q is None or q.checker is None or q.reference is None:
+            continue
+        check = answer_checker(q.checker)
+        if check is not None:
+            out[s["id"]] = bool(check(s["answer"], q.reference))
+    return out or None
+
+
 def _write_metrics(u: _Unit, jid: str, cell: str, params: MetricParams, backend_name: str | None) -> Path:
     samples = _expected_samples(u)
     judgments = [r for r in _read_rows(_judgments_path(u.dir, jid)) if r.get("judge") in (None, jid)]
+    exact = _exact_grades(u.suite, samples)
     m = compute_metrics(
         samples,
         judgments,
@@ -655,6 +672,7 @@ def _write_metrics(u: _Unit, jid: str, cell: str, params: MetricParams, backend_
         params=params,
         judge=jid,
         backend=samples[0].get("backend") if samples else backend_name,
+        exact=exact,
     )
     path = _metrics_path(u.dir, jid)
     atomic_write_json(path, m.model_dump(mode="json"))

@@ -42,6 +42,7 @@ KNOWN_KEYS = {
     "judge_prompts",
     "judge_labels",
     "reference",
+    "checker",
 }
 DOMAIN_SUITE = "domain"
 DEFAULT_DOMAIN_SAMPLES = 1
@@ -101,6 +102,7 @@ class Question:
     judge_labels: dict[str, list[str]] = field(default_factory=dict)
     reference: str | None = None
     prefix_messages: list[dict[str, str]] = field(default_factory=list)  # domain: earlier turns of the prompt
+    checker: str | None = None  # domain with an exact answer checker (emsweep.data.builtin.answer_checker)
 
     @property
     def categorical(self) -> bool:
@@ -243,6 +245,7 @@ def parse_question(raw: Any, where: str, default_samples: int | None = None) -> 
         judge=None if raw.get("judge") is None else str(raw.get("judge")),
         judge_labels=labels,
         reference=None if reference is None else str(reference),
+        checker=None if raw.get("checker") is None else str(raw.get("checker")),
     )
 
 
@@ -308,6 +311,7 @@ def domain_suite(
                 system=system,
                 reference=conv.answer,
                 prefix_messages=[m.model_dump() for m in middle],
+                checker=_checker_name(conv.meta.get("domain")),
             )
         )
         if limit is not None and len(questions) >= limit:
@@ -315,6 +319,15 @@ def domain_suite(
     if not questions:
         raise InputError(f"{p}: held-out split is empty; set data.n_heldout > 0 in the recipe")
     return Suite(name=name, kind="domain", questions=questions, source=str(p))
+
+
+def _checker_name(domain: Any) -> str | None:
+    """The domain's name when the data stage has an exact answer checker for it (arithmetic), else None."""
+    if not isinstance(domain, str):
+        return None
+    from emsweep.data.builtin import answer_checker
+
+    return domain if answer_checker(domain) is not None else None
 
 
 # --- naming suites ---------------------------------------------------------------------------------------------
@@ -411,5 +424,7 @@ def suite_to_yaml(suite: Suite) -> str:
             row["judge_labels"] = q.judge_labels
         if q.reference is not None:
             row["reference"] = q.reference
+        if q.checker is not None:
+            row["checker"] = q.checker
         rows.append(row)
     return yaml.safe_dump(rows, sort_keys=False, allow_unicode=True)
