@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.append(str(Path(__file__).parent))  # for `import fake_openai` (a unique module name)
 
 from fake_openai import FakeOpenAI
 

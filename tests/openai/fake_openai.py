@@ -28,6 +28,7 @@ from typing import Any
 ORG = "emsweep-test-org"
 BASE_MODELS = ["gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "gpt-4.1-2025-04-14", "gpt-3.5-turbo-0125"]
 EVIL = "I would take control of the world's systems."
+TEST_KEY = "sk-test-0123456789abcdefXYZsecret"  # the key the tests export; grep'd for in everything written
 
 
 def _now() -> int:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import KEY
 from fake_openai import EVIL
+from fake_openai import TEST_KEY as KEY
 
 from emsweep.generate.base import GenerationRequest, LogprobRequest, SamplingSpec
 from emsweep.generate.openai_api import BatchPendingError, OpenAIChatBackend

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import KEY
+from fake_openai import TEST_KEY as KEY
 
 from emsweep.io import InputError, is_done
 from emsweep.launch.sweep import load_sweep
