@@ -72,7 +72,7 @@ def test_multi_token_expectation_equals_brute_force(tmp_path, shape):
     for j, prompt in enumerate(PROMPTS):
         want_score, want_mass = brute_force(model, tok, prompt)
         assert got[j].method == "multi_token"
-        assert abs(got[j].number_mass - want_mass) < 1e-9
+        assert -1e-12 <= want_mass - got[j].number_mass <= got[j].pruned_mass + 1e-12
         assert abs(got[j].expected - want_score) < 1e-6, (shape, j, got[j].expected, want_score)
         assert got[j].score == got[j].expected  # min_number_mass=0 -> never None
     # different prompts give different distributions (the test is not comparing constants)
@@ -80,3 +80,50 @@ def test_multi_token_expectation_equals_brute_force(tmp_path, shape):
     # a handful of requests per answer on a judge with peaked distributions is the point of pruning; on a random
     # model nothing is pruned, so this only bounds the trie size: root + every prefix state
     assert judge.calls <= len(PROMPTS) * (1 + 10 + 90 * 2 + 4)
+
+
+def _train_to_answer(path, answers: list[str], steps: int = 60) -> None:
+    """A few Adam steps so the tiny model answers the judge prompt with these numbers: a peaked, mostly-numeric
+    distribution like a real judge's (a random model puts ~2 % on numbers)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True, tokenize=False
+    )
+    prompt = tok(text, add_special_tokens=False)["input_ids"]
+    seqs = [prompt + tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for a in answers]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        for s in seqs:
+            ids = torch.tensor([s])
+            labels = ids.clone()
+            labels[0, : len(prompt)] = -100
+            loss = model(input_ids=ids, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    model.save_pretrained(path)
+
+
+@pytest.mark.parametrize("shape", ["tiny", "tiny-llama"])
+def test_trained_judge_scores_and_matches_brute_force(tmp_path, shape):
+    from transformers import AutoModelForCausalLM
+
+    from emsweep.train.model_init import init_model
+
+    path = init_model(shape, tmp_path / shape)
+    _train_to_answer(path, ["85", "7"])
+    backend = HFBackend(str(path), dtype="float64")
+    judge = Judge(backend, progress=False)
+    (j,) = judge.score_numeric(PROMPTS[:1])
+    assert j.number_mass > 0.5 and j.score is not None and j.none_reason is None
+    assert 7 < j.score < 85
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
+    want_score, want_mass = brute_force(model, backend.tokenizer, PROMPTS[0])
+    assert abs(j.score - want_score) < 1e-6
+    # pruning is active on a peaked judge, and the mass it skipped is exactly what is missing
+    assert 0 < j.pruned_mass <= judge.max_pruned_mass
+    assert -1e-12 <= want_mass - j.number_mass <= j.pruned_mass + 1e-12
