@@ -275,3 +275,26 @@ def test_evaluate_run_with_backend_openai_through_the_factory(fake, make_sweep):
     m = _check_eval_files(cell.root, suites=("alignment_mini",))
     assert m["checkpoint-0/alignment_mini"]["backend"] == "openai"
     assert m["checkpoint-5/alignment_mini"]["misaligned_rate"] > 0.0
+
+
+def test_sweep_runner_eval_stage_on_an_openai_cell(fake, make_sweep, monkeypatch):
+    """`emsweep sweep run --stages eval` on a polled OpenAI cell: the recipe's eval.backend=openai does the rest.
+
+    Needs `train.checkpoints.list_checkpoints` to return `layout.read_api_checkpoints` for API cells (the proposed
+    hook); until the train stage has it, the test installs exactly that hook.
+    """
+    import emsweep.train.checkpoints as ck
+    from emsweep.launch.runner import run_cell
+
+    _, sweep, cell = _finetuned_cell(fake, make_sweep)
+    if not any(r.kind == "api" for r in ck.list_checkpoints(cell.root)):
+        orig = ck.list_checkpoints
+        monkeypatch.setattr(
+            ck,
+            "list_checkpoints",
+            lambda run_dir, **kw: read_api_checkpoints(run_dir, kw.get("cell")) or orig(run_dir, **kw),
+        )
+    assert run_cell(sweep, cell, ["eval"]) == {"eval": "done"}
+    m = _check_eval_files(cell.root)
+    assert m["checkpoint-5/alignment_mini"]["misaligned_rate"] > 0.0
+    assert m["checkpoint-0/domain"]["backend"] == "openai"
