@@ -194,3 +194,31 @@ def test_top_logprobs_match_direct_forward(backend, models):
         backend.top_logprobs(
             [LogprobRequest(request_id="z", checkpoint=r, messages=MSGS[0], token_ids=[10**7])]
         )
+
+
+def test_shared_prompt_cache_equals_separate_forwards(backend, models):
+    """The judge's trie sends many continuations of one prompt; continuing one KV cache must give the same
+    log-probs as separate full forwards (base and LoRA checkpoints, continuations of different lengths)."""
+    d = backend.tokenize("1234567")
+    conts = [[], d[:1], d[1:2], d[:2], d[2:5], d[:3]]
+    for r in (ref(models, "base"), ref(models, "lora", "lora1")):
+        lreqs = [
+            LogprobRequest(
+                request_id=f"r{k}", checkpoint=r, messages=m, continuation=c, top_k=4, token_ids=d[:3]
+            )
+            for k, (m, c) in enumerate((m, c) for m in MSGS[:2] for c in conts)
+        ]
+        backend.share_prompt_cache = True
+        shared = backend.top_logprobs(lreqs, progress=False)
+        backend.share_prompt_cache = False
+        try:
+            separate = backend.top_logprobs(lreqs, progress=False)
+        finally:
+            backend.share_prompt_cache = True
+        for a, b in zip(shared, separate, strict=True):
+            assert a.request_id == b.request_id
+            assert [t.token_id for t in a.top] == [t.token_id for t in b.top]
+            for t in d[:3]:
+                assert math.isclose(a.requested[t], b.requested[t], abs_tol=1e-4)
+        # distinct continuations really give distinct distributions (the rows are not all the same)
+        assert len({round(o.requested[d[0]], 4) for o in shared}) > 3

@@ -128,6 +128,9 @@ class HFBackend(GenerationBackend):
         self._prompt_cache: OrderedDict[str, list[int]] = OrderedDict()
         self._token_texts: list[str] | None = None
         self._logits_to_keep = True
+        self.share_prompt_cache = (
+            True  # continue one prompt's KV cache for all its continuations (judge tries)
+        )
 
     # ---- models --------------------------------------------------------------------------------------------
     def _torch_dtype(self) -> Any:
@@ -388,8 +391,19 @@ class HFBackend(GenerationBackend):
         bar = tqdm(total=len(requests), desc="logprobs (hf)", unit="req", disable=not progress)
         for ref, idxs in self._group([r.checkpoint for r in requests]):
             model, ctx = self._activate(ref)
-            seqs = {i: self.prompt_ids(requests[i].messages) + list(requests[i].continuation) for i in idxs}
-            order = sorted(idxs, key=lambda i: -len(seqs[i]))
+            # requests continuing one prompt (the judge's digit trie) share that prompt's KV cache
+            by_prompt: dict[tuple[int, ...], list[int]] = {}
+            for i in idxs:
+                by_prompt.setdefault(tuple(self.prompt_ids(requests[i].messages)), []).append(i)
+            plain: list[int] = []
+            shared: list[tuple[tuple[int, ...], list[int]]] = []
+            for pids, members in by_prompt.items():
+                if self.share_prompt_cache and sum(1 for i in members if requests[i].continuation) >= 2:
+                    shared.append((pids, members))
+                else:
+                    plain.extend(members)
+            seqs = {i: self.prompt_ids(requests[i].messages) + list(requests[i].continuation) for i in plain}
+            order = sorted(plain, key=lambda i: -len(seqs[i]))
             with ctx, torch.inference_mode():
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start : start + self.batch_size]
@@ -401,6 +415,16 @@ class HFBackend(GenerationBackend):
                     for row, i in enumerate(chunk):
                         outputs[i] = self._logprob_output(requests[i], logp[row])
                     bar.update(len(chunk))
+                for pids, members in shared:
+                    rows = self._shared_prompt_logits(
+                        model, list(pids), [requests[i].continuation for i in members]
+                    )
+                    for i, logits in zip(members, rows, strict=True):
+                        wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
+                        outputs[i] = self._logprob_output(
+                            requests[i], torch.log_softmax(logits.to(wide), dim=-1)
+                        )
+                    bar.update(len(members))
         bar.close()
         return [o for o in outputs if o is not None]
 
@@ -413,6 +437,40 @@ class HFBackend(GenerationBackend):
             except TypeError:  # an architecture without `logits_to_keep`
                 self._logits_to_keep = False
         return model(**kw).logits[:, -1, :]
+
+    def _shared_prompt_logits(self, model: Any, prompt: list[int], conts: list[list[int]]) -> list[Any]:
+        """Next-token logits after prompt + each continuation, computing the prompt once and continuing its KV
+        cache (copied per batch) with the right-padded continuations; padding sits after the position read."""
+        import copy
+
+        import torch
+
+        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        out = model(input_ids=ids, use_cache=True)
+        cache, last = out.past_key_values, out.logits[0, -1]
+        rows: list[Any] = [last if not c else None for c in conts]
+        todo = [k for k, c in enumerate(conts) if c]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            width = max(len(conts[k]) for k in chunk)
+            cont = torch.full((len(chunk), width), self._pad_id, dtype=torch.long)
+            for r, k in enumerate(chunk):
+                cont[r, : len(conts[k])] = torch.tensor(conts[k], dtype=torch.long)
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(chunk))
+            n = len(prompt)
+            mask = torch.ones((len(chunk), n + width), dtype=torch.long, device=self.device)
+            pos = torch.arange(n, n + width, device=self.device).unsqueeze(0).expand(len(chunk), -1)
+            logits = model(
+                input_ids=cont.to(self.device),
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=past,
+                use_cache=True,
+            ).logits
+            for r, k in enumerate(chunk):
+                rows[k] = logits[r, len(conts[k]) - 1]
+        return rows
 
     def _logprob_output(self, req: LogprobRequest, logp: Any) -> LogprobOutput:
         import torch
