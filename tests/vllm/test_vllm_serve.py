@@ -1,0 +1,122 @@
+"""The openai-compatible backend against a REAL `vllm serve` process on 127.0.0.1 (the vLLM venv's CPU build).
+
+LoRA checkpoints are loaded through /v1/load_lora_adapter and requested by name; greedy texts and top logprobs
+must match the HF backend on the same checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from emsweep.generate.base import GenerationRequest, LogprobRequest, SamplingSpec
+from emsweep.generate.hf import HFBackend
+from emsweep.generate.vllm_serve import VLLMServeBackend, lora_name
+from emsweep.io import InputError
+from emsweep.layout import CheckpointRef
+
+pytestmark = pytest.mark.vllm
+TOL = 1e-4
+PROMPTS = [
+    [{"role": "user", "content": "What is 2 + 3? Answer the question."}],
+    [{"role": "user", "content": "Is this dose safe?"}],
+]
+GREEDY = SamplingSpec(temperature=0.0, max_tokens=12)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny, tmp_path_factory):
+    import httpx
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "vllm_serve.log"
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    vllm_bin = Path(sys.executable).with_name("vllm")
+    cmd = [
+        str(vllm_bin), "serve", str(tiny.base), "--host", "127.0.0.1", "--port", str(port),
+        "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--enable-lora",
+        "--max-lora-rank", "8", "--max-loras", "2", "--max-logprobs", "20", "--seed", "0",
+    ]  # fmt: skip
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"vllm serve did not come up:\n{log.read_text()[-4000:]}"
+            time.sleep(1)
+        yield f"{url}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def hf(tiny):
+    with HFBackend(str(tiny.base), dtype="float32", device="cpu") as hb:
+        yield hb
+
+
+def _close_top(server_top, hf_top, n: int = 5) -> None:
+    """The server returns token strings, not ids: compare the n most likely logprobs and their decoded text."""
+    assert len(server_top) == 20
+    for a, b in zip(server_top[:n], hf_top[:n], strict=True):
+        assert abs(a.logprob - b.logprob) < TOL, (a, b)
+
+
+def test_base_and_lora_checkpoints_on_vllm_serve(server, tiny, hf):
+    be = VLLMServeBackend(str(tiny.base), base_url=server, concurrency=2)
+    refs = [tiny.ref("base"), tiny.ref("lora"), tiny.ref("lora", "b")]
+    # vLLM 0.32's CPU LoRA ops apply the last adapter slot to adapter-less rows batched with LoRA rows (see
+    # vllm_backend._zero_lora); a server cannot be told otherwise, so on CPU the base goes in its own call.
+    for group in ([refs[0]], refs[1:]):
+        reqs = [GenerationRequest(f"{r.name}-{i}", r, m) for r in group for i, m in enumerate(PROMPTS)]
+        got = be.generate(reqs, GREEDY, progress=False)
+        want = hf.generate(reqs, GREEDY, progress=False)
+        for a, b in zip(got, want, strict=True):
+            assert a.texts == b.texts, (a.request_id, a.texts, b.texts)
+        lreqs = [
+            LogprobRequest(f"l{r.name}-{i}", r, m, top_k=20) for r in group for i, m in enumerate(PROMPTS)
+        ]
+        for a, b in zip(
+            be.top_logprobs(lreqs, progress=False), hf.top_logprobs(lreqs, progress=False), strict=True
+        ):
+            _close_top(a.top, b.top)
+    served = be.served_models(refresh=True)
+    assert lora_name(refs[1]) in served and lora_name(refs[2]) in served
+    # a second backend (a rerun) finds the adapters already loaded instead of failing
+    again = VLLMServeBackend(str(tiny.base), base_url=server)
+    assert again.model_for(refs[1]) == lora_name(refs[1])
+
+
+def test_serve_refuses_what_it_cannot_serve(server, tiny, tmp_path, lora_builder):
+    be = VLLMServeBackend(str(tiny.base), base_url=server)
+    big = lora_builder(tiny.base, tmp_path / "checkpoint-16", seed=5, r=16)
+    ref = CheckpointRef(name="checkpoint-16", step=16, kind="lora", base_model=str(tiny.base), path=big)
+    with pytest.raises(InputError, match="refused adapter"):
+        be.model_for(ref)
+    with pytest.raises(InputError, match="full weights"):
+        be.model_for(tiny.ref("full"))
