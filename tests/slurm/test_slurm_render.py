@@ -67,7 +67,7 @@ def test_dry_run_prints_scripts_and_sbatch_lines_and_writes_nothing(make_sweep, 
     assert "#SBATCH --signal" not in report and "--array" not in report
     for c in sweep.cells:
         assert c.id in train and c.id in ev
-    assert "--stages train" in train and "--stages eval" in ev and "emsweep report" in report
+    assert "--stages mix,train" in train and "--stages eval" in ev and "emsweep report" in report
     assert "scontrol requeue" in train and "trap 'on_signal USR1' USR1" in train
     assert "TRAIN=$(sbatch --parsable " in out
     assert "EVAL=$(sbatch --parsable --dependency=aftercorr:$TRAIN " in out

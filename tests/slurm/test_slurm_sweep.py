@@ -1,0 +1,192 @@
+"""A sweep through real sbatch on the one-node test cluster: arrays, dependencies, report, resubmission,
+preemption with requeue and resume, and bad input that must not leave half a submission behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from emsweep.io import InputError, is_done
+from emsweep.launch.slurm import read_ledger, run_sweep_slurm, slurm_status
+from emsweep.launch.sweep import load_sweep
+
+pytestmark = pytest.mark.slurm
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "emsweep", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=os.environ.copy(),
+    )
+
+
+def _logs(sweep) -> str:
+    out = []
+    for p in sorted((sweep.root / "slurm" / "logs").glob("*.out")):
+        out.append(f"\n--- {p.name} ---\n" + p.read_text(errors="replace")[-3000:])
+    return "".join(out)
+
+
+def _wait_for(pred, timeout: float, what: str, sweep, cluster) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(cluster.queue()) + _logs(sweep))
+
+
+def test_sweep_runs_end_to_end_through_sbatch_and_resubmits_nothing(slurm_cluster, make_sweep, tmp_path):
+    path = make_sweep("e2e")
+    sweep = load_sweep(path)
+    r = _cli("sweep", "run", str(path), "--executor", "slurm", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ledger = read_ledger(sweep)
+    [sub] = ledger["submissions"]
+    assert sub["status"] == "submitted"
+    ids = {j["key"]: j["job_id"] for j in sub["jobs"]}
+    assert list(ids) == ["train", "eval", "report"]
+    assert sub["jobs"][1]["argv"][2] == f"--dependency=aftercorr:{ids['train']}"
+    assert sub["jobs"][2]["argv"][2] == f"--dependency=afterany:{ids['eval']}"
+    # What ran is readable in the sweep folder.
+    sdir = Path(sub["dir"])
+    assert {p.name for p in sdir.iterdir()} == {"train.sbatch", "eval.sbatch", "report.sbatch", "submit.sh"}
+    assert load_sweep(sub["sweep_file"]).spec_hash == sweep.spec_hash
+
+    # While the jobs are queued or running, status shows them.
+    st = slurm_status(sweep)
+    assert st.submissions == 1 and not st.accounting
+    assert any(c.job.split()[0] in ("train", "eval") for c in st.cells), str(st)
+
+    try:
+        slurm_cluster.wait_empty(timeout=480, job_ids=list(ids.values()))
+    except AssertionError as exc:
+        raise AssertionError(str(exc) + _logs(sweep)) from None
+
+    for c in sweep.cells:
+        assert [is_done(c.root, s) for s in ("mix", "train", "eval")] == [True, True, True], c.id + _logs(
+            sweep
+        )
+        assert (c.root / "eval" / "checkpoint-6" / "domain" / "metrics.json").exists()
+    assert (sweep.root / "report" / "index.html").exists(), _logs(sweep)
+    assert (sweep.root / "report" / "results.csv").exists()
+    assert slurm_cluster.states(ids["train"]) == {"0": ["COMPLETED"], "1": ["COMPLETED"]}
+    assert slurm_cluster.states(ids["eval"]) == {"0": ["COMPLETED"], "1": ["COMPLETED"]}
+    assert slurm_cluster.states(ids["report"]) == {"-": ["COMPLETED"]}
+    assert (
+        "cell arith_f0.50_subtle_lora_s0 trained"
+        in (sweep.root / "slurm" / "logs" / f"train-{ids['train']}_0.out").read_text()
+    )
+
+    # Status from the done-markers; then resubmitting a finished sweep submits nothing.
+    st = slurm_status(sweep)
+    assert all(all(c.stages.values()) and c.job == "finished" for c in st.cells), str(st)
+    n_runs = len(slurm_cluster.completions())
+    r = _cli("sweep", "run", str(path), "--executor", "slurm", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to submit: all 2 cells of sweep e2e are done" in r.stdout
+    assert len(read_ledger(sweep)["submissions"]) == 1
+    assert slurm_cluster.queue() == [] and len(slurm_cluster.completions()) == n_runs
+    r = _cli("sweep", "status", str(path), cwd=tmp_path)
+    assert r.returncode == 0 and "2/2 cells done" in r.stdout, r.stdout + r.stderr
+
+
+def test_preempted_training_requeues_itself_and_resumes_to_the_same_weights(slurm_cluster, make_sweep):
+    """Two cells with identical training (they differ only in eval batch size): cell 0 gets SIGUSR1 mid-training
+    as SLURM's --signal would send it, saves, requeues and resumes; cell 1 trains uninterrupted. Same weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from emsweep.train.checkpoints import is_complete
+
+    path = make_sweep("preempt", axes={"eval.batch_size": [16, 17]}, max_steps=16, steps=(2, 8, 16))
+    sweep = load_sweep(path)
+    victim, ref = sweep.cells
+    entry = run_sweep_slurm(sweep, stages=("mix", "train"), report=False, echo=lambda s: None)
+    assert entry is not None and [j["key"] for j in entry["jobs"]] == ["train"]
+    train = entry["jobs"][0]["job_id"]
+
+    _wait_for(
+        lambda: is_complete(victim.root / "checkpoint-2"), 300, "the first checkpoint", sweep, slurm_cluster
+    )
+    assert not is_done(victim.root, "train")
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", f"{train}_0")
+
+    # A resubmission while the jobs are in flight submits nothing new.
+    assert run_sweep_slurm(sweep, stages=("mix", "train"), report=False, echo=lambda s: None) is None
+    assert len(read_ledger(sweep)["submissions"]) == 1
+
+    try:
+        slurm_cluster.wait_empty(timeout=420, job_ids=[train])
+    except AssertionError as exc:
+        raise AssertionError(str(exc) + _logs(sweep)) from None
+    assert is_done(victim.root, "train") and is_done(ref.root, "train"), _logs(sweep)
+
+    slurm_log = (sweep.root / "slurm" / "logs" / f"train-{train}_0.out").read_text()
+    assert "got SIGUSR1" in slurm_log and "requeueing job" in slurm_log, slurm_log
+    assert "restart 0)" in slurm_log and "restart 1)" in slurm_log  # --open-mode=append kept both runs
+    train_log = (victim.root / "logs" / "train.log").read_text()
+    marker = "preempted (SIGUSR1) at step "
+    assert marker in train_log, train_log[-3000:]
+    step = int(train_log.split(marker, 1)[1].split(":", 1)[0])
+    assert 2 <= step < 16
+    assert f"resuming from checkpoint-{step}" in train_log
+    assert "restart 0)" in (sweep.root / "slurm" / "logs" / f"train-{train}_1.out").read_text()
+    states = slurm_cluster.states(train)
+    assert states["1"] == ["COMPLETED"] and states["0"][-1] == "COMPLETED" and len(states["0"]) >= 2, states
+
+    for s in (2, 8, 16):
+        a = load_file(ref.root / f"checkpoint-{s}" / "adapter_model.safetensors")
+        b = load_file(victim.root / f"checkpoint-{s}" / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and a
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_partition_is_refused_before_anything_is_submitted(slurm_cluster, make_sweep):
+    sweep = load_sweep(make_sweep("nopart", slurm={"partition": "nosuchpartition"}))
+    with pytest.raises(
+        InputError, match=r"(?i)sbatch rejected train.sbatch: .*partition.*nothing was submitted"
+    ):
+        run_sweep_slurm(sweep, echo=lambda s: None)
+    assert slurm_cluster.queue() == []
+    assert read_ledger(sweep)["submissions"] == []
+
+
+def test_sbatch_failing_midway_cancels_and_records(slurm_cluster, make_sweep, tmp_path, monkeypatch):
+    """sbatch accepts the training array, then refuses the evaluation array (e.g. a QOS submit limit): the
+    training array is cancelled and the ledger says what happened."""
+    real = subprocess.run(["bash", "-c", "command -v sbatch"], capture_output=True, text=True).stdout.strip()
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/bash\n"
+        'if [[ " $* " != *" --test-only "* && "${@: -1}" == *eval.sbatch ]]; then\n'
+        '  echo "sbatch: error: QOSMaxSubmitJobPerUserLimit" >&2; exit 1\n'
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    sweep = load_sweep(make_sweep("midway"))
+    with pytest.raises(
+        InputError, match=r"sbatch rejected eval.sbatch: .*QOSMaxSubmitJobPerUserLimit.*cancelled"
+    ):
+        run_sweep_slurm(sweep, echo=lambda s: None)
+    [sub] = read_ledger(sweep)["submissions"]
+    assert sub["status"] == "failed" and "QOSMaxSubmitJobPerUserLimit" in sub["error"]
+    train_id = sub["jobs"][0]["job_id"]
+    assert sub["jobs"][0]["key"] == "train" and train_id and sub["cancelled"] == [train_id]
+    assert sub["jobs"][1]["key"] == "eval" and sub["jobs"][1]["job_id"] is None
+    slurm_cluster.wait_empty(timeout=60, job_ids=[train_id])
+    assert not any(is_done(c.root, "train") for c in sweep.cells)
+    assert json.loads((sweep.root / "slurm" / "submissions.json").read_text())["spec_hash"] == sweep.spec_hash
