@@ -118,6 +118,15 @@ def test_whole_cell_and_rerun_creates_nothing(fake, make_sweep):
     assert refs[1].meta["alias"].endswith(f":ckpt-step-{steps_per_epoch}")
     assert is_done(cell.root, "train")
 
+    # polling a finished, registered job again costs no API call
+    before = sum(fake.calls.values())
+    jobs.poll(sweep.root, interval=0, echo=_quiet)
+    assert sum(fake.calls.values()) == before
+    # a lost checkpoint list is rebuilt from the server
+    (cell.root / "openai_checkpoints.json").unlink()
+    jobs.poll(sweep.root, interval=0, echo=_quiet)
+    assert read_api_checkpoints(cell.root) == refs
+
     # a third run still creates nothing
     jobs.finetune(sweep_yaml, echo=_quiet)
     assert fake.count("POST /v1/files") == 1 and fake.count("POST /v1/fine_tuning/jobs") == 1

@@ -397,6 +397,11 @@ def refresh_cell(
     job_id = rec.get("job_id")
     if not job_id:
         return rec
+    registered = rec.get("status") != "succeeded" or (
+        rec.get("cell_dir") and (Path(rec["cell_dir"]) / CHECKPOINTS_FILE).exists()
+    )
+    if rec.get("status") in TERMINAL and registered and not events:
+        return rec  # finished and recorded: nothing can change on the server side
     try:
         job = client.fine_tuning.jobs.retrieve(job_id)
         evs = _events(client, job_id, events) if events else []
