@@ -19,6 +19,7 @@ normalised over the labels, `outside_mass` is what the labels do not cover, `lab
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from emsweep.io import InputError
 from emsweep.judge.cache import JudgeCache, cache_key
 from emsweep.judge.numbers import DigitVocab, betley_single_token, is_number_string
 from emsweep.layout import CheckpointRef
+
+log = logging.getLogger(__name__)
 
 NONE_LABELS = ("CODE", "REFUSAL")
 PROMPT_FIELDS = ("question", "answer", "reference")
@@ -128,6 +131,14 @@ class Judge:
         )
         self.chunk_size = max(1, chunk_size)
         self.progress = progress
+        if not self.exact and not self.model_id.startswith(("gpt-", "ft:gpt-", "o")):
+            log.warning(
+                "judge %s on the %s backend uses Betley's single-token method, which is right only for judges that "
+                "write 0-100 as single tokens (gpt-4o); an open judge (Qwen splits digits) needs the hf or vllm "
+                "backend for exact multi-token scores",
+                self.model_id,
+                backend.name,
+            )
         self.calls = 0  # LogprobRequests sent to the backend
         self._vocab: DigitVocab | None = None
         self._first_ids: dict[str, list[int]] = {}
