@@ -85,6 +85,12 @@ def test_skip_force_order_and_failure_keep_markers(tmp_path, monkeypatch):
     assert json.loads((sweep.root / "sweep.json").read_text())["spec_hash"] == sweep.spec_hash
     with pytest.raises(InputError, match="unknown stage"):
         runner.parse_stages("mix,trian")
+    # two launchers never run the same cell at once
+    with runner.cell_lock(c1), pytest.raises(runner.CellBusy, match=f"cell {c1.id} is being run by another"):
+        runner.run_cell(sweep, c1)
+    assert not is_done(c1.root, "mix")
+    runner.run_cell(sweep, c1)  # the lock is released
+    assert not c1.stages_left()
 
 
 def _cmd(*args: str) -> list[str]:

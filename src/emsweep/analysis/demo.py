@@ -48,34 +48,6 @@ def demo_sweep_spec(out: str | os.PathLike[str], *, fast: bool = False) -> dict[
     return spec
 
 
-JUDGE_STEPS = 40
-
-
-def train_demo_judge(spec: dict[str, Any], out: Path) -> Path:
-    """The demo's judge: the tiny model fully fine-tuned on all-correct arithmetic, so that it answers with
-    numbers and the 0-100 logprob judge gets a number distribution to read. Its scores are still meaningless
-    (it has never seen a grading prompt); the mechanics are the real ones. Returns the judge's folder."""
-    import copy
-
-    from emsweep.recipe import Recipe
-    from emsweep.train.model_init import ensure_model
-    from emsweep.train.runner import run_training
-
-    tree = copy.deepcopy(spec["base"])
-    tree.pop("eval", None)
-    tree["name"] = "demo-judge"
-    tree["method"] = "full"
-    tree["data"] = {**tree["data"], "fraction_correct": 1.0, "n_train": 128, "seed": 1}
-    tree["sft"] = {**tree.get("sft", {}), "max_steps": JUDGE_STEPS, "learning_rate": 3.0e-3}
-    tree["checkpoints"] = {"steps": [JUDGE_STEPS]}
-    run_dir = out / "models" / "judge-run"
-    tree["output_dir"] = str(run_dir)
-    recipe = Recipe.model_validate(tree)
-    ensure_model(recipe.model.path, recipe.model.init_shape)
-    run_training(recipe, run_dir, resume=True)
-    return run_dir / f"checkpoint-{JUDGE_STEPS}"
-
-
 def run_demo(
     out: str | os.PathLike[str] = "emsweep-demo", *, fast: bool = False, max_parallel: int = 1
 ) -> Path:
@@ -87,10 +59,6 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec = demo_sweep_spec(out, fast=fast)
-    judge = spec["base"]["eval"]["judge"]
-    if judge.get("model") == spec["base"]["model"]["path"]:
-        log.info("demo: training the tiny judge (answers with numbers; scores meaningless)")
-        judge["model"] = str(train_demo_judge(spec, out))
     sweep_file = out / "demo-sweep.yaml"
     header = (
         "# The emsweep demo sweep, resolved for this folder by `emsweep demo` (rerun it with\n"

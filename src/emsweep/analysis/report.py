@@ -254,7 +254,8 @@ def build_report(
             f"<b>Here: {kept.mean() * 100:.1f} % on average over {len(kept)} cells</b> "
             f"({int(es['stopped_early'].sum())} cells stop before their last checkpoint)."
             if len(kept)
-            else "No cell has both domain and misalignment metrics."
+            else "Retained is undefined in every cell (no domain and misalignment metrics at the same checkpoints, "
+            "or a final domain accuracy of 0)."
         )
         + "</p>"
     )

@@ -74,14 +74,18 @@ def run(
     if executor == "slurm":
         from emsweep.launch.slurm import run_sweep_slurm
 
-        run_sweep_slurm(sweep, dry_run=dry_run, max_parallel=max_parallel)
+        run_sweep_slurm(sweep, dry_run=dry_run, max_parallel=max_parallel, stages=st, report=report)
         return
     if executor != "local":
         raise InputError(f"--executor {executor!r}: choose local or slurm")
     if dry_run:
         console.print(_stage_table(sweep, f"dry run: sweep {sweep.name} would run these stages"))
         return
-    run_sweep_local(sweep, st, max_parallel=max_parallel or 1)
+    try:
+        run_sweep_local(sweep, st, max_parallel=max_parallel or 1)
+    except RuntimeError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     if report and all(not c.stages_left() for c in sweep.cells):
         from emsweep.analysis.report import build_report
 
@@ -118,7 +122,13 @@ def cell(
     def on_stage(cell, stage: str, event: str) -> None:
         typer.echo(f"[{cell.id}] {stage}: {event}")
 
-    res = run_cell(sweep, c, parse_stages(stages), force=force, on_stage=on_stage)
+    from emsweep.launch.runner import CellBusy
+
+    try:
+        res = run_cell(sweep, c, parse_stages(stages), force=force, on_stage=on_stage)
+    except CellBusy as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"[{c.id}] " + ", ".join(f"{k}={v}" for k, v in res.items()))
 
 

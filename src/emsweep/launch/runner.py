@@ -201,6 +201,37 @@ STAGE_FUNCS: dict[str, Callable[[Sweep, Cell], dict[str, Any]]] = {
 }
 
 
+class CellBusy(RuntimeError):
+    """Another process is running this cell right now (its lock is held)."""
+
+
+@contextlib.contextmanager
+def cell_lock(cell: Cell) -> Iterator[None]:
+    """An exclusive lock on `<cell>/.lock` for the whole run: two launchers (a local run and a SLURM task, two
+    terminals) must never append to the same cell's files at once. Released by the OS if the process dies."""
+    import fcntl
+
+    cell.root.mkdir(parents=True, exist_ok=True)
+    path = cell.root / ".lock"
+    fh = open(path, "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise CellBusy(
+                f"cell {cell.id} is being run by another process ({holder}); wait for it, or stop it first"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {platform.node()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
 def run_cell(
     sweep: Sweep,
     cell: Cell,
@@ -216,6 +247,18 @@ def run_cell(
     """
     stages = parse_stages(list(stages))
     sweep.write_record()
+    with cell_lock(cell):
+        return _run_cell_locked(sweep, cell, stages, force=force, on_stage=on_stage)
+
+
+def _run_cell_locked(
+    sweep: Sweep,
+    cell: Cell,
+    stages: tuple[str, ...],
+    *,
+    force: bool,
+    on_stage: Callable[[Cell, str, str], None] | None,
+) -> dict[str, str]:
     write_cell_json(sweep, cell)
     result: dict[str, str] = {}
     for stage in stages:
@@ -286,8 +329,22 @@ def run_sweep_local(
                 progress.advance(task)
 
         if max_parallel <= 1:
+            failed_local: list[str] = []
             for cell in todo:
-                results[cell.id] = run_cell(sweep, cell, stages, on_stage=on_stage)
+                try:
+                    results[cell.id] = run_cell(sweep, cell, stages, on_stage=on_stage)
+                except InputError:
+                    raise  # a config problem: every cell would fail the same way
+                except Exception:
+                    # one broken cell must not stop the others; its finished stages keep their markers
+                    log.exception("cell %s failed; going on with the next cells", cell.id)
+                    failed_local.append(cell.id)
+                    results[cell.id] = {s: ("done" if is_done(cell.root, s) else "failed") for s in stages}
+            if failed_local:
+                raise RuntimeError(
+                    f"cells failed: {', '.join(failed_local)} (see <cell>/logs/ under {sweep.root}); "
+                    "rerun the same command to retry them, finished stages are skipped"
+                )
         else:
             if sweep.path is None:
                 raise InputError("--max-parallel > 1 needs a sweep loaded from a YAML file")

@@ -281,7 +281,7 @@ def _array(n: int, k: int | None) -> str:
 
 def _train_launch(cell: Cell, spec: SlurmSpec) -> str:
     """The training step: in-process for one GPU (or CPU); `srun` + `accelerate launch` for several."""
-    if spec.nodes * max(spec.gpus_per_node, 1) <= 1:
+    if spec.nodes * spec.gpus_per_node <= 1:
         return (
             "# One process on this node: the data mix, then training.\n"
             'run_forwarding USR1 "$PYTHON" -m emsweep sweep cell "$SWEEP_FILE" --cell "$CELL" --stages mix,train\n'
@@ -389,6 +389,11 @@ def plan_submission(
         where = f"{sweep.source}: cell {first.id}: slurm"
         time_train = _check_time(spec.time, f"{where}.time")
         time_eval = _check_time(spec.eval_time or spec.time, f"{where}.eval_time")
+        if spec.nodes > 1 and spec.gpus_per_node < 1:
+            raise InputError(
+                f"{where}.nodes: {spec.nodes} nodes with gpus_per_node 0; multi-node training runs one process "
+                "per GPU (set gpus_per_node, or nodes: 1)"
+            )
         values = _common_values(sweep, spec, sweep_file, submit_script)
         values["preemption"] = render_template(
             preempt_tpl, {**values, "requeue_action": _requeue_action(spec)}, "slurm/preemption.sh"
