@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 PRIMARY_JUDGMENTS = "judgments.jsonl"
 SUITE_FILE = "suite.yaml"
-DEFAULT_CHUNK = 256  # generation requests per backend call: the unit of incremental saving
+DEFAULT_CHUNK = 1024  # samples per backend call (generation) / judge prompts per call: the unit of saving
 
 
 # --- small helpers ----------------------------------------------------------------------------------------------
@@ -462,7 +462,7 @@ def evaluate_run(
             jid = _judge_id(judge)
             result.judge = jid
         h0, m0 = _cache_counts(judge)
-        result.judged = _judge_units(judge, jid, pending, progress)
+        result.judged = _judge_units(judge, jid, pending, progress, chunk_size)
         h1, m1 = _cache_counts(judge)
         result.cache_hits, result.cache_misses = h1 - h0, m1 - m0
         # 3. metrics
@@ -556,14 +556,22 @@ def _generate(
     chunk_size: int,
     progress: bool,
 ) -> int:
-    """Run the requests in chunks; after each chunk append its samples, so a crash keeps what was generated."""
+    """Run the requests in chunks of about `chunk_size` samples; after each chunk append its samples, so a crash
+    keeps what was generated (across checkpoints: a chunk may hold requests of several checkpoints)."""
     from tqdm.auto import tqdm
 
     total = sum(len(req.meta["missing"]) for _, req in todo)
     bar = tqdm(total=total, desc="generate", unit="sample", disable=not progress)
     done = 0
-    for start in range(0, len(todo), max(1, chunk_size)):
-        chunk = todo[start : start + chunk_size]
+    chunks: list[list[tuple[_Unit, GenerationRequest]]] = [[]]
+    size = 0
+    for item in todo:  # chunks of about `chunk_size` samples; a request (one paraphrase) is never split
+        if chunks[-1] and size + item[1].n > chunk_size:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += item[1].n
+    for chunk in chunks:
         outs = backend.generate([req for _, req in chunk], sampling, progress=False)
         per_unit: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for (u, req), out in zip(chunk, outs, strict=True):
@@ -608,7 +616,9 @@ def _expected_samples(u: _Unit) -> list[dict[str, Any]]:
     return [by_id[i] for i in sorted(want)]
 
 
-def _judge_units(judge: Any, jid: str, units: list[_Unit], progress: bool) -> int:
+def _judge_units(
+    judge: Any, jid: str, units: list[_Unit], progress: bool, chunk_size: int = DEFAULT_CHUNK
+) -> int:
     """Judge every (sample, metric) of `units` not yet judged by `jid`, in one batched call; append per folder."""
     items: list[tuple[Question, str, str]] = []
     where: list[tuple[_Unit, Path, str]] = []
@@ -629,7 +639,7 @@ def _judge_units(judge: Any, jid: str, units: list[_Unit], progress: bool) -> in
         return 0
     # judge in chunks and append after each, so a crash mid-judging keeps what was judged
     n = 0
-    chunk = 512
+    chunk = max(1, chunk_size)
     for start in range(0, len(items), chunk):
         rows = _judge_rows(judge, jid, items[start : start + chunk], progress)
         per_path: dict[Path, list[dict[str, Any]]] = defaultdict(list)
