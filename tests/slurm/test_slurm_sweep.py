@@ -190,3 +190,70 @@ def test_sbatch_failing_midway_cancels_and_records(slurm_cluster, make_sweep, tm
     slurm_cluster.wait_empty(timeout=60, job_ids=[train_id])
     assert not any(is_done(c.root, "train") for c in sweep.cells)
     assert json.loads((sweep.root / "slurm" / "submissions.json").read_text())["spec_hash"] == sweep.spec_hash
+
+
+STUB = r"""#!/bin/bash
+# Stands in for python on the nodes: records how it was called; as the accelerate launcher it waits for
+# SIGUSR1 (exit 99, as training does after saving) on the first run and succeeds after the requeue.
+log={log}
+echo "argv: $* | restart=${{SLURM_RESTART_COUNT:-0}} nodeid=${{SLURM_NODEID:-}} step=${{SLURM_STEP_ID:-}} master=$MASTER_ADDR:$MASTER_PORT sigs=${{TORCHELASTIC_SIGNALS_TO_HANDLE:-}}" >> "$log"
+case "$*" in
+  *accelerate.commands.launch*)
+    if [ "${{SLURM_RESTART_COUNT:-0}}" = 0 ]; then
+      trap 'echo "launcher got USR1" >> "$log"; exit 99' USR1
+      echo ready >> "$log"
+      for i in $(seq 600); do sleep 0.2; done
+      exit 1
+    fi ;;
+esac
+exit 0
+"""
+
+
+def test_multi_gpu_launch_goes_through_srun_and_forwards_the_signal(slurm_cluster, make_sweep, tmp_path):
+    """The rendered multi-GPU training step, run for real under sbatch + srun (GPU request removed: the test node
+    has none, and a stub stands in for python): rendezvous arguments, quoting, and SIGUSR1 reaching the
+    launcher through srun, then the requeue."""
+    import yaml
+
+    from emsweep.launch.slurm import plan_submission
+    from emsweep.launch.sweep import SweepSpec, build_sweep
+
+    log = tmp_path / "calls.log"
+    stub = tmp_path / "fakepython"
+    stub.write_text(STUB.format(log=log))
+    stub.chmod(0o755)
+    acc = tmp_path / "acc config.yaml"  # a space: the path must stay quoted through srun and bash -c
+    acc.write_text("distributed_type: MULTI_GPU\n")
+    spec = yaml.safe_load(make_sweep("srun", axes={"data.fraction_correct": [1.0]}).read_text())
+    spec["base"]["accelerate_config"] = str(acc)
+    spec["base"]["slurm"].update(gpus_per_node=2, python=str(stub))
+    sweep = build_sweep(SweepSpec.model_validate(spec))
+    train = plan_submission(sweep, stages=("mix", "train"), report=False).jobs[0]
+    assert "#SBATCH --gres=gpu:2\n" in train.text
+    script = tmp_path / "train.sbatch"
+    script.write_text(train.text.replace("#SBATCH --gres=gpu:2\n", ""))
+    (sweep.root / "slurm" / "logs").mkdir(parents=True)
+    job = slurm_cluster.run("sbatch", "--parsable", str(script)).stdout.strip()
+
+    _wait_for(lambda: log.exists() and "ready" in log.read_text(), 120, "the launcher", sweep, slurm_cluster)
+    slurm_cluster.run("scancel", "--signal=USR1", "--batch", f"{job}_0")
+    slurm_cluster.wait_empty(timeout=120, job_ids=[job])
+
+    calls = log.read_text()
+    out = (sweep.root / "slurm" / "logs" / f"train-{job}_0.out").read_text()
+    assert "launcher got USR1" in calls, calls + out
+    assert "training stopped on the signal (exit 99); requeueing" in out, out
+    launches = [ln for ln in calls.splitlines() if "accelerate.commands.launch" in ln]
+    mixes = [ln for ln in calls.splitlines() if "--stages mix |" in ln]
+    assert len(launches) == 2 and len(mixes) == 2, calls  # first run and the requeued one
+    first = launches[0]
+    cell = sweep.cells[0].id
+    assert f"-m accelerate.commands.launch --config_file {acc} --num_machines 1 --num_processes 2 " in first
+    assert "--machine_rank 0 --main_process_ip localhost --main_process_port " in first
+    assert (
+        f"-m emsweep sweep cell {sweep.root.resolve()}/slurm/sweep.yaml --cell {cell} --stages train" in first
+    )
+    assert "restart=0 nodeid=0 step=0 " in first and "sigs=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in first
+    assert "restart=1" in launches[1]
+    assert slurm_cluster.states(job)["0"][-1] == "COMPLETED"
