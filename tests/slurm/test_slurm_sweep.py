@@ -257,3 +257,27 @@ def test_multi_gpu_launch_goes_through_srun_and_forwards_the_signal(slurm_cluste
     assert "restart=0 nodeid=0 step=0 " in first and "sigs=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in first
     assert "restart=1" in launches[1]
     assert slurm_cluster.states(job)["0"][-1] == "COMPLETED"
+
+
+def test_failed_training_cancels_its_evaluation_and_status_points_at_the_log(
+    slurm_cluster, make_sweep, tmp_path
+):
+    import yaml
+
+    path = make_sweep("fails", axes={"data.fraction_correct": [1.0]})
+    spec = yaml.safe_load(path.read_text())
+    spec["base"]["model"]["path"] = str(tmp_path / "no-such-model")
+    path.write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(path)
+    entry = run_sweep_slurm(sweep, echo=lambda s: None)
+    ids = {j["key"]: j["job_id"] for j in entry["jobs"]}
+    slurm_cluster.wait_empty(timeout=180, job_ids=list(ids.values()))
+    assert slurm_cluster.states(ids["train"]) == {"0": ["FAILED"]}, _logs(sweep)
+    # --kill-on-invalid-dep: the evaluation of a failed training is cancelled, not left pending forever
+    assert slurm_cluster.states(ids["eval"]) == {"0": ["CANCELLED"]}
+    assert slurm_cluster.states(ids["report"])["-"] != ["CANCELLED"]  # afterany: the report still ran
+    [row] = slurm_status(sweep).cells
+    assert row.stages == {"mix": True, "train": False, "eval": False}
+    assert row.job == "train ended, not done: see log"
+    assert row.log.endswith(f"train-{ids['train']}_0.out")
+    assert "no-such-model" in (sweep.root / "slurm" / "logs" / f"train-{ids['train']}_0.out").read_text()

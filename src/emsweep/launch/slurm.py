@@ -781,32 +781,36 @@ def slurm_status(sweep: Sweep) -> SweepStatus:
     ledger = read_ledger(sweep)
     tasks = squeue_tasks() if shutil.which("squeue") else []
     active = _active_cells(ledger, tasks)
-    latest: dict[str, tuple[dict[str, Any], int]] = {}  # cell -> (job record, array index) of its last job
+    # (cell, kind) -> (job record, array index) of the cell's last job of that kind
+    latest: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
     job_ids = []
     for sub in ledger["submissions"]:
         for job in sub.get("jobs", []):
             if job.get("job_id"):
                 job_ids.append(job["job_id"])
             for i, cid in enumerate(job.get("cells", [])):
-                latest[cid] = (job, i)
+                latest[(cid, job["kind"])] = (job, i)
     acct = sacct_states(job_ids)
     logs = _slurm_root(sweep) / "logs"
     rows = []
     for c in sweep.cells:
         stages = {s: is_done(c.root, s) for s in STAGES}
+        # the job that matters: the one for the first stage not done (a failed training explains a missing eval)
+        kind = "train" if not (stages["mix"] and stages["train"]) else "eval"
+        rec = latest.get((c.id, kind)) or latest.get((c.id, "eval")) or latest.get((c.id, "train"))
         job_txt, log = "-", None
-        if c.id in latest:
-            job, i = latest[c.id]
+        if c.id in active:
+            t = active[c.id]
+            k = _job_kind(ledger, t.job_id)
+            reason = f" {t.reason}" if t.reason not in ("", "None") else ""
+            job_txt = f"{k} {t.state} ({t.job_id}_{t.task}){reason}"
+            log = _rel(logs / f"{k}-{t.job_id}_{t.task}.out")
+        elif rec is not None:
+            job, i = rec
             jid = job.get("job_id")
             if jid:
                 log = _rel(logs / f"{job['kind']}-{jid}_{i}.out")
-            if c.id in active:
-                t = active[c.id]
-                kind = _job_kind(ledger, t.job_id)
-                reason = f" {t.reason}" if t.reason not in ("", "None") else ""
-                job_txt = f"{kind} {t.state} ({t.job_id}_{t.task}){reason}"
-                log = _rel(logs / f"{kind}-{t.job_id}_{t.task}.out")
-            elif not jid:
+            if not jid:
                 job_txt = "submission failed"
             elif acct is not None and (jid, i) in acct:
                 job_txt = f"{job['kind']} {acct[(jid, i)]} ({jid}_{i})"
