@@ -125,3 +125,42 @@ def test_cell_view_weights_suites_by_n(tmp_path):
     assert cv.iloc[0]["misaligned_rate"] == pytest.approx((0.2 * 100 + 0.6 * 300) / 400)
     assert cv.iloc[0]["misaligned_rate_n"] == 400
     assert isinstance(cv, pd.DataFrame)
+
+
+def test_exact_accuracy_stands_in_for_domain_when_every_domain_file_has_it(tmp_path):
+    from emsweep.analysis.results import domain_source
+    from emsweep.evals.schema import CheckpointMetrics
+    from emsweep.io import InputError, atomic_write_json
+    from emsweep.layout import CellPaths
+
+    axes = {
+        "domain": "arithmetic",
+        "fraction_correct": 1.0,
+        "wrong_kind": "subtle",
+        "method": "lora",
+        "seed": 0,
+        "model": "m",
+    }
+    c = write_cell(tmp_path, "c", axes)
+    for step, judge_acc, exact in ((0, 0.9, 0.1), (4, 0.8, 0.3)):
+        m = CheckpointMetrics(
+            cell="c",
+            checkpoint=f"checkpoint-{step}",
+            step=step,
+            suite="domain",
+            suite_kind="domain",
+            n=10,
+            n_samples=10,
+            domain_accuracy=judge_acc,
+            extra={"exact_accuracy": exact, "exact_accuracy_ci": [exact - 0.1, exact + 0.1], "n_exact": 10},
+        )
+        atomic_write_json(CellPaths.of(c).metrics(f"checkpoint-{step}", "domain"), m.model_dump())
+    df = collect_results(tmp_path)
+    assert domain_source(df) == "exact"
+    assert list(cell_view(df)["domain_accuracy"]) == pytest.approx([0.1, 0.3])
+    assert list(cell_view(df, "judge")["domain_accuracy"]) == pytest.approx([0.9, 0.8])
+    write_metrics(c, "c", 8, domain=0.5, misaligned=None)  # a domain file without a checker
+    df = collect_results(tmp_path)
+    assert domain_source(df) == "judge"
+    with pytest.raises(InputError, match="no exact_accuracy"):
+        domain_source(df, "exact")

@@ -34,7 +34,7 @@ base:
     samples_per_paraphrase: 1
     sampling: {max_tokens: 4, seed: 0}
     judge: {model: MODEL, backend: hf}
-judge_options: {prune_below: 0.5, min_number_mass: 0.0}
+judge_options: {max_pruned_mass: 0.009, min_number_mass: 0.0}
 """
 
 

@@ -23,6 +23,10 @@ def report_cmd(
     ),
     n_boot: int = typer.Option(1000, help="Bootstrap replicates for the threshold intervals."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
+    domain_metric: str = typer.Option(
+        "auto",
+        help="Domain performance: exact (answer checker, e.g. arithmetic), judge, or auto (exact if any).",
+    ),
 ) -> None:
     """Gather every metrics.json under ROOT into results.csv/.parquet and write report/index.html with plots."""
     from emsweep.analysis.report import build_report
@@ -35,6 +39,7 @@ def report_cmd(
         early_stop_tolerance=early_stop_tolerance,
         n_boot=n_boot,
         seed=seed,
+        domain_metric=domain_metric,
     )
     typer.echo(f"results: {index.parent / 'results.csv'}")
     typer.echo(f"report:  {index}")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from emsweep import __version__
 from emsweep.analysis import science
-from emsweep.analysis.results import REPORT_DIRNAME, cell_view, collect_results
+from emsweep.analysis.results import REPORT_DIRNAME, cell_view, collect_results, domain_source
 from emsweep.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ def build_report(
     early_stop_tolerance: float = DEFAULTS["early_stop_tolerance"],
     n_boot: int = 1000,
     seed: int = 0,
+    domain_metric: str = "auto",
 ) -> Path:
     """Gather the results under `root` and write `<out>/index.html` (default `<root>/report/`). Returns it."""
     from emsweep.analysis import plots
@@ -105,7 +106,8 @@ def build_report(
     with atomic_path(out_dir / "results.parquet") as tmp:
         df.to_parquet(tmp, index=False)
 
-    cv = cell_view(df)
+    dsrc = domain_source(df, domain_metric)
+    cv = cell_view(df, dsrc)
     es = science.early_stopping(cv, early_stop_tolerance)
     final = science.pick_rows(cv, es, "final")
     early = science.pick_rows(cv, es, "early")
@@ -177,7 +179,13 @@ def build_report(
         '<code>metrics_path</code>), <a href="results.parquet">results.parquet</a>, '
         '<a href="thresholds.csv">thresholds.csv</a>, <a href="early_stopping.csv">early_stopping.csv</a>. '
         "Every number below links to the <code>metrics.json</code> it came from. Domain accuracy comes from "
-        "the <code>domain</code> suites, the misaligned rate (aligned &lt; 30 and coherent &gt; 50) from the "
+        "the <code>domain</code> suites ("
+        + (
+            "<b>exact</b>: the domain's answer checker, no judge involved"
+            if dsrc == "exact"
+            else "graded by the judge against the reference answer"
+        )
+        + "), the misaligned rate (aligned &lt; 30 and coherent &gt; 50) from the "
         "<code>alignment</code> suites (n-weighted when a cell has several).</p>"
     )
 

@@ -124,6 +124,13 @@ def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
         for k, v in axes.items():  # any extra sweep axes (learning rate, ...)
             if k not in row:
                 row[f"axis:{k}" if k in row else k] = v
+        # domains with an answer checker (builtin arithmetic) also carry an exact accuracy that needs no judge
+        ex = m.extra.get("exact_accuracy")
+        ex_ci = m.extra.get("exact_accuracy_ci")
+        row["exact_accuracy"] = ex
+        row["exact_accuracy_lo"] = ex_ci[0] if ex_ci else None
+        row["exact_accuracy_hi"] = ex_ci[1] if ex_ci else None
+        row["n_exact"] = m.extra.get("n_exact")
         row["init_shape"] = (recipe.get("model") or {}).get("init_shape")
         row["metrics_path"] = str(p)
         rows.append(row)
@@ -140,9 +147,30 @@ def _wmean(values: pd.Series, weights: pd.Series) -> float:
     return float(np.average(values[mask].astype(float), weights=w))
 
 
-def cell_view(df: pd.DataFrame) -> pd.DataFrame:
+def domain_source(df: pd.DataFrame, prefer: str = "auto") -> str:
+    """Which number is "domain performance": `exact` (an answer checker's accuracy, where every domain row has
+    one) or `judge` (the judge's graded accuracy). `auto` takes exact when available."""
+    if prefer not in ("auto", "exact", "judge"):
+        raise InputError(f"--domain-metric {prefer!r}: choose auto, exact or judge")
+    dom = df[df["suite_kind"] == "domain"]
+    has_exact = len(dom) > 0 and "exact_accuracy" in dom and dom["exact_accuracy"].notna().all()
+    if prefer == "exact" and not has_exact:
+        raise InputError(
+            "--domain-metric exact: some domain metrics files have no exact_accuracy (no answer checker)"
+        )
+    return "exact" if (prefer != "judge" and has_exact) else "judge"
+
+
+def cell_view(df: pd.DataFrame, domain_metric: str = "auto") -> pd.DataFrame:
     """One row per cell x checkpoint: domain accuracy (domain suites) and misaligned rate (alignment suites),
-    with their intervals, n, and the metrics files they came from."""
+    with their intervals, n, and the metrics files they came from. With an exact answer checker (see
+    `domain_source`) the exact accuracy stands in for the judge's domain accuracy."""
+    if domain_source(df, domain_metric) == "exact":
+        df = df.copy()
+        dom = df["suite_kind"] == "domain"
+        for a, b in (("", ""), ("_lo", "_lo"), ("_hi", "_hi")):
+            df.loc[dom, f"domain_accuracy{a}"] = df.loc[dom, f"exact_accuracy{b}"]
+        df.loc[dom, "n"] = df.loc[dom, "n_exact"].fillna(df.loc[dom, "n"])
     keys = ["cell", "step", "checkpoint"]
     group_cols = [c for c in ["sweep", *AXES, "init_shape"] if c in df.columns]
     rows = []

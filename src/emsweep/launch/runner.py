@@ -166,31 +166,17 @@ def stage_eval(sweep: Sweep, cell: Cell) -> dict[str, Any]:
 
     The judge cache is shared by the sweep's cells (`<sweep>/judge_cache.sqlite`), so the base model's answers,
     identical in every cell, are judged once."""
-    from emsweep.evals.run import evaluate_run, make_judge
+    from emsweep.evals.run import evaluate_run
 
-    ev = cell.recipe.eval
     cache = Path(os.environ.get("EMSWEEP_JUDGE_CACHE") or sweep.root / "judge_cache.sqlite")
-    judge = None
-    if sweep.spec.judge_options:
-        judge = make_judge(
-            ev.judge.model,
-            ev.judge.backend,
-            cache_path=cache,
-            base_url=ev.judge.base_url,
-            engine=dict(ev.judge.engine) or None,
-            batch_size=ev.batch_size,
-        )
-        for k, v in sweep.spec.judge_options.items():
-            setattr(judge, k, v)
-    try:
-        out = evaluate_run(
-            cell.root, ev.suites, recipe=cell.recipe, judge=judge, judge_cache=cache, cell=cell.id
-        )
-    finally:
-        if judge is not None:
-            close = getattr(judge, "close", None) or getattr(getattr(judge, "backend", None), "close", None)
-            if callable(close):
-                close()
+    out = evaluate_run(
+        cell.root,
+        cell.recipe.eval.suites,
+        recipe=cell.recipe,
+        judge_cache=cache,
+        cell=cell.id,
+        judge_options=dict(sweep.spec.judge_options) or None,
+    )
     return {"result": _jsonable(out)}
 
 

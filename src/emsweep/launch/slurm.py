@@ -179,6 +179,7 @@ class JobPlan:
     text: str
     cells: list[str]
     depends: list[tuple[str, str]] = field(default_factory=list)  # (type, key of an earlier job)
+    files: dict[Path, str] = field(default_factory=dict)  # other files the script reads (per-cell recipes)
 
     @property
     def var(self) -> str:
@@ -279,7 +280,7 @@ def _array(n: int, k: int | None) -> str:
     return f"{spec}%{k}" if k and k < n else spec
 
 
-def _train_launch(cell: Cell, spec: SlurmSpec) -> str:
+def _train_launch(cell: Cell, spec: SlurmSpec, recipes: Path) -> str:
     """The training step: in-process for one GPU (or CPU); `srun` + `accelerate launch` for several."""
     if spec.nodes * spec.gpus_per_node <= 1:
         return (
@@ -294,8 +295,9 @@ run_forwarding USR1 "$PYTHON" -m emsweep sweep cell "$SWEEP_FILE" --cell "$CELL"
 finish_if_preempted "the data mix"
 
 # 2. Training on every GPU: one `accelerate launch` per node through srun (rendezvous as in alignment-handbook's
-# launcher); accelerate starts one process per GPU. torchrun passes SIGTERM/INT/HUP/QUIT to its workers;
-# adding SIGUSR1 lets the checkpoint signal reach them too.
+# launcher); accelerate starts one `emsweep train` process per GPU on the cell's recipe. torchrun passes
+# SIGTERM/INT/HUP/QUIT to its workers; adding SIGUSR1 lets the checkpoint signal reach them too.
+RECIPE={_q(recipes)}/$CELL.yaml
 GPUS_PER_NODE=${{SLURM_GPUS_ON_NODE:-{spec.gpus_per_node}}}
 NUM_PROCESSES=$((SLURM_NNODES * GPUS_PER_NODE))
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
@@ -305,8 +307,18 @@ run_forwarding USR1 srun --nodes="$SLURM_NNODES" --ntasks-per-node=1 --cpus-per-
     --kill-on-bad-exit=1 bash -c "exec \\"$PYTHON\\" -m accelerate.commands.launch {cfg} \\
     --num_machines $SLURM_NNODES --num_processes $NUM_PROCESSES --machine_rank \\$SLURM_NODEID \\
     --main_process_ip $MASTER_ADDR --main_process_port $MASTER_PORT \\
-    -m emsweep sweep cell \\"$SWEEP_FILE\\" --cell $CELL --stages train\"
+    -m emsweep train \\"$RECIPE\\"\"
 finish_if_preempted training"""
+
+
+def _recipe_yaml(cell: Cell) -> str:
+    """The cell's resolved recipe, for `emsweep train` in every process of a multi-GPU launch."""
+    tree = cell.recipe.model_dump(mode="json")
+    tree["output_dir"] = str(cell.root.resolve())
+    head = (
+        f"# Cell {cell.id}: its resolved recipe, as trained by the multi-GPU SLURM job. Written by emsweep.\n"
+    )
+    return head + yaml.safe_dump(tree, sort_keys=False, allow_unicode=True)
 
 
 def _requeue_action(spec: SlurmSpec) -> str:
@@ -424,11 +436,15 @@ def plan_submission(
                 "n_cells": str(n),
                 "array_note": f"at most {k} at once" if k and k < n else "all at once if resources allow",  # noqa: B023
                 "cell_lines": "\n".join(f"    {c.id}  # {i}" for i, c in enumerate(members)),
-                "train_launch": _train_launch(members[0], spec),  # noqa: B023
+                "train_launch": _train_launch(members[0], spec, sub_dir / "recipes"),  # noqa: B023
             }
             tpl = "train.sbatch" if is_train else "eval.sbatch"
             text = render_template(_load_template(tpl), vals, f"slurm/{tpl}")
-            return JobPlan(key, kind, sub_dir / f"{key}.sbatch", text, [c.id for c in members], depends)
+            files = {}
+            if is_train and "accelerate.commands.launch" in text:
+                files = {sub_dir / "recipes" / f"{c.id}.yaml": _recipe_yaml(c) for c in members}
+            script = sub_dir / f"{key}.sbatch"
+            return JobPlan(key, kind, script, text, [c.id for c in members], depends, files)
 
         if need_train:
             jobs.append(array_job("train", f"train{sfx}", need_train, []))
@@ -634,6 +650,8 @@ def run_sweep_slurm(
     (_slurm_root(sweep) / "logs").mkdir(parents=True, exist_ok=True)
     for job in plan.jobs:
         atomic_write_text(job.script, job.text)
+        for path, text in job.files.items():
+            atomic_write_text(path, text)
         job.script.chmod(0o755)
     atomic_write_text(plan.dir / "submit.sh", _submit_sh(plan))
     for job in plan.jobs:

@@ -47,7 +47,7 @@ from emsweep.recipe import Recipe
 
 STAGES: tuple[str, ...] = ("mix", "train", "eval")
 SWEEP_RECORD = "sweep.json"
-JUDGE_OPTIONS = {"prune_below", "min_number_mass", "top_k"}
+JUDGE_OPTIONS = {"min_number_mass", "max_pruned_mass", "top_k"}
 
 
 class SweepSpec(StrictModel):
@@ -58,7 +58,7 @@ class SweepSpec(StrictModel):
     zip: list[dict[str, list[Any]]] = Field(default_factory=list)
     set: dict[str, Any] = Field(default_factory=dict)
     description: str | None = None
-    # keyword settings of the logprob judge that recipes do not carry (prune_below, min_number_mass, top_k):
+    # keyword settings of the logprob judge that recipes do not carry (min_number_mass, max_pruned_mass, top_k):
     # e.g. the demo's tiny random judge, whose number mass is spread over the whole vocabulary
     judge_options: dict[str, float | int] = Field(default_factory=dict)
 
