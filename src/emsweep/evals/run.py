@@ -443,8 +443,14 @@ def evaluate_run(
                 model = next(iter(models)) if models else None
                 from emsweep.generate.factory import make_backend
 
+                # vLLM sizes its LoRA slots (max_lora_rank, max_loras) from the checkpoints it will serve
+                extra = (
+                    {"checkpoints": list(dict.fromkeys(u.ref for u in pending))}
+                    if backend_kind == "vllm"
+                    else {}
+                )
                 backend = make_backend(
-                    backend_kind, model, base_url=base_url, batch_size=batch_size, engine=engine
+                    backend_kind, model, base_url=base_url, batch_size=batch_size, engine=engine, **extra
                 )
             result.generated = _generate(backend, todo, sampling, chunk_size, progress)
         # 2. judging
