@@ -14,6 +14,7 @@ import yaml
 from emsweep.io import InputError
 from emsweep.launch.slurm import plan_submission, render_template, run_sweep_slurm
 from emsweep.launch.sweep import SweepSpec, build_sweep, load_sweep
+from emsweep.recipe import load_recipe
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
@@ -112,6 +113,16 @@ def test_multi_gpu_and_multi_node_training_goes_through_srun_and_accelerate(make
     assert f"accelerate.commands.launch --config_file {acc}" in train
     assert "--machine_rank \\$SLURM_NODEID" in train and "--num_processes $NUM_PROCESSES" in train
     assert "TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in train
+    assert "RECIPE=" in train and '-m emsweep train \\"$RECIPE\\"' in train
+    # every process trains the cell's resolved recipe, written beside the script
+    assert sorted(p.name for p in plan.jobs[0].files) == sorted(f"{c.id}.yaml" for c in sweep.cells)
+    for c in sweep.cells:
+        path = plan.dir / "recipes" / f"{c.id}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(plan.jobs[0].files[path])
+        loaded = load_recipe(path)
+        assert loaded.model_copy(update={"output_dir": c.recipe.output_dir}) == c.recipe
+        assert loaded.output_dir == str(c.root.resolve())
     # evaluation: one node, one GPU (no tensor parallelism asked), no srun
     assert "#SBATCH --nodes=1\n#SBATCH --ntasks-per-node=1\n#SBATCH --gres=gpu:1" in ev
     assert "srun" not in ev

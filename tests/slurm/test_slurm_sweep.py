@@ -251,8 +251,10 @@ def test_multi_gpu_launch_goes_through_srun_and_forwards_the_signal(slurm_cluste
     cell = sweep.cells[0].id
     assert f"-m accelerate.commands.launch --config_file {acc} --num_machines 1 --num_processes 2 " in first
     assert "--machine_rank 0 --main_process_ip localhost --main_process_port " in first
-    assert (
-        f"-m emsweep sweep cell {sweep.root.resolve()}/slurm/sweep.yaml --cell {cell} --stages train" in first
+    recipe = sweep.root.resolve() / "slurm" / "submit-001" / "recipes" / f"{cell}.yaml"
+    assert first.split(" | ")[0].endswith(f" -m emsweep train {recipe}"), first
+    assert mixes[0].startswith(
+        f"argv: -m emsweep sweep cell {sweep.root.resolve()}/slurm/sweep.yaml --cell {cell} --stages mix |"
     )
     assert "restart=0 nodeid=0 step=0 " in first and "sigs=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1" in first
     assert "restart=1" in launches[1]
