@@ -359,7 +359,8 @@ def test_bad_inputs_fail_before_writing(make_recipe, tmp_path):
             {"method": "qlora", "quantization": {"load_in_4bits": True}},
             r"quantization: unknown key\(s\) load_in_4bits",
         ),
-        ({"method": "full", "lora": {"r": 8}}, r"lora: given but method is `full`"),
+        ({"lora": {"bias": "all"}}, r"lora.bias: 'all': vLLM cannot load"),
+        ({"method": "qlora", "quantization": {"load_in_4bit": False}}, r"qlora needs load_in_4bit"),
     ]
     for over, pattern in cases:
         with pytest.raises(InputError, match=pattern):
@@ -384,3 +385,40 @@ def test_demo_recipes_validate():
         r = load_recipe(REPO / "recipes" / "demo" / f"{name}.yaml")
         assert r.model.init_shape == "tiny"
         validate_recipe_for_training(r)
+
+
+def test_two_rank_ddp_via_torchrun(tiny_model, tmp_path):
+    """scripts/train.py under a 2-process launcher (gloo DDP on CPU): data is sharded across ranks (half the
+    steps), and only the main rank writes the run files - each once."""
+    recipe = tmp_path / "ddp.yaml"
+    run = tmp_path / "run"
+    recipe.write_text(
+        f"""
+name: ddp
+model: {{path: {tiny_model}}}
+data: {{builtin: arithmetic, fraction_correct: 0.5, n_train: 32, seed: 0}}
+method: lora
+lora: {{r: 4, lora_alpha: 8}}
+sft: {{learning_rate: 1e-3, per_device_train_batch_size: 4, num_train_epochs: 1, max_length: 64,
+      activation_checkpointing: false, use_cpu: true, disable_tqdm: true, seed: 0}}
+checkpoints: {{steps: [2]}}
+output_dir: {run}
+"""
+    )
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", port,
+         str(REPO / "scripts" / "train.py"), str(recipe)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert ckpt_steps(run) == [2, 4]  # 32 rows / (4 per device x 2 ranks) = 4 steps
+    done = read_marker(run, "train")
+    assert done["final_step"] == 4 and done["checkpoints"] == [2, 4]
+    log = (run / "logs" / "train.log").read_text()
+    assert log.count("saved checkpoint-4") == 1 and log.count("=== emsweep train") == 1

@@ -105,6 +105,22 @@ def incomplete_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
     return [d for _, d in _step_dirs(Path(run_dir)) if not is_complete(d)]
 
 
+def log_spaced_steps(total_steps: int, k: int) -> list[int]:
+    """K distinct steps from 1 to total_steps, evenly spaced in log(step); where rounding would repeat a step
+    early on, the next step is used instead, so there are exactly min(K, total_steps) of them."""
+    if k >= total_steps:
+        return list(range(1, total_steps + 1))
+    if k == 1:
+        return [total_steps]
+    out: list[int] = []
+    for i in range(k):
+        s = round(math.exp(math.log(total_steps) * i / (k - 1)))
+        out.append(max(s, out[-1] + 1) if out else max(s, 1))
+    for i in range(k - 1, -1, -1):  # pull back any overshoot past the end, keeping them distinct
+        out[i] = min(out[i], total_steps - (k - 1 - i))
+    return out
+
+
 def schedule_steps(
     total_steps: int,
     *,
@@ -116,7 +132,7 @@ def schedule_steps(
     """The steps at which to save, within 1..total_steps.
 
     `log_spaced=K` gives K distinct steps spaced evenly in log(step) from 1 to total_steps, so the early phase,
-    where domain performance changes fastest, is dense. Too few total steps for K distinct values gives fewer.
+    where domain performance changes fastest, is dense (all steps if there are no more than K).
     """
     if total_steps <= 0:
         return []
@@ -126,13 +142,7 @@ def schedule_steps(
     if steps is not None:
         chosen.update(s for s in steps if 1 <= s <= total_steps)
     if log_spaced is not None:
-        k = log_spaced
-        if k == 1:
-            chosen.add(total_steps)
-        else:
-            for i in range(k):
-                chosen.add(round(math.exp(math.log(total_steps) * i / (k - 1))))
-        chosen = {s for s in chosen if 1 <= s <= total_steps}
+        chosen.update(log_spaced_steps(total_steps, log_spaced))
     if save_final:
         chosen.add(total_steps)
     return sorted(chosen)

@@ -56,6 +56,9 @@ EXIT_PREEMPTED = 99
 """Exit code after a preemption signal was handled and a complete checkpoint saved: requeue and rerun."""
 
 STAGE = "train"
+PREEMPTED_MARKER = "preempted.json"
+"""Written into the run folder when training stopped for preemption (removed when it resumes): under
+`accelerate launch` the launcher's exit code is not 99, so job scripts can check this file instead."""
 
 # SFTConfig keys the harness owns: the run folder and the checkpoint schedule come from the recipe.
 OWNED_SFT_KEYS = {
@@ -163,10 +166,8 @@ def resolve_lora_kwargs(recipe: Recipe) -> dict[str, Any] | None:
     from emsweep.config import check_passthrough_keys
 
     if recipe.method == "full":
-        if recipe.lora:
-            raise InputError(
-                "recipe lora: given but method is `full` (remove the `lora:` section or use lora)"
-            )
+        if recipe.lora:  # sweeps cross `method: [lora, full]` over one base recipe: ignore, don't fail
+            log.info("method full: ignoring the recipe's `lora:` section")
         return None
     lora = dict(recipe.lora)
     check_passthrough_keys(lora, _field_names(LoraConfig), "recipe lora", "peft.LoraConfig")
@@ -196,9 +197,7 @@ def resolve_quantization_kwargs(recipe: Recipe) -> dict[str, Any] | None:
 
     if recipe.method != "qlora":
         if recipe.quantization:
-            raise InputError(
-                f"recipe quantization: only used with method qlora (method is {recipe.method}); remove it"
-            )
+            log.info("method %s: ignoring the recipe's `quantization:` section (qlora only)", recipe.method)
         return None
     q = dict(recipe.quantization)
     check_passthrough_keys(q, _field_names(BitsAndBytesConfig), "recipe quantization", "BitsAndBytesConfig")
@@ -417,8 +416,9 @@ def _write_cell_json(paths: CellPaths, update: dict[str, Any]) -> None:
 class _FileLog:
     """Attach a file handler for emsweep/transformers/trl loggers to `<run>/logs/train.log` for this run."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
         self.path = path
+        self.enabled = enabled
         self.handler = logging.FileHandler(path, mode="a", encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.handler.setLevel(logging.INFO)
@@ -426,6 +426,8 @@ class _FileLog:
         self.levels: list[int] = []
 
     def __enter__(self) -> _FileLog:
+        if not self.enabled:
+            self.loggers = []
         for lg in self.loggers:
             lg.addHandler(self.handler)
             self.levels.append(lg.level)
@@ -578,11 +580,33 @@ def run_training(
             return run_dir
         clear_done(run_dir, STAGE)
 
+    import torch
+    from accelerate import PartialState
+
+    # One process, or one rank of `accelerate launch`/torchrun: only the main one writes files. On CPU the
+    # process group (gloo) must be asked for explicitly, or every rank would think it is the main one.
+    cpu = bool(resolved["sft"].get("use_cpu")) or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    if recipe.accelerate_config and state.num_processes == 1:
+        log.warning(
+            "recipe names accelerate_config %s but this is a single process; for several GPUs run\n"
+            "  accelerate launch --config_file %s --num_processes N scripts/train.py RECIPE.yaml",
+            recipe.accelerate_config,
+            recipe.accelerate_config,
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     log_file = paths.logs_dir / "train.log"
-    with _FileLog(log_file):
-        return _run(recipe, paths, resolved, resume=resume, log_file=log_file, extra=extra_callbacks or [])
+    with _FileLog(log_file, enabled=state.is_main_process):
+        return _run(
+            recipe,
+            paths,
+            resolved,
+            resume=resume,
+            log_file=log_file,
+            extra=extra_callbacks or [],
+            state=state,
+        )
 
 
 def _run(
@@ -593,6 +617,7 @@ def _run(
     resume: bool,
     log_file: Path,
     extra: list[Any],
+    state: Any,
 ) -> Path:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -601,15 +626,19 @@ def _run(
     run_dir = paths.root
     log.info("=== emsweep train %s (method %s) -> %s", recipe.name, recipe.method, run_dir)
 
-    cut_off = incomplete_checkpoints(run_dir)
-    if cut_off:
-        _set_aside(run_dir, cut_off, "checkpoint save(s) cut off before completion")
-    resume_from = last_complete_checkpoint(run_dir) if resume else None
-    if not resume:
-        _set_aside(run_dir, sorted(run_dir.glob("checkpoint-*")), "--no-resume")
-
-    manifest = prepare_data(recipe, paths)
-    base_model = _resolve_base_model(recipe)
+    with (
+        state.main_process_first()
+    ):  # the main rank tidies, builds data and model; the others then reuse them
+        if state.is_main_process:
+            cut_off = incomplete_checkpoints(run_dir)
+            if cut_off:
+                _set_aside(run_dir, cut_off, "checkpoint save(s) cut off before completion")
+            if not resume:
+                _set_aside(run_dir, sorted(run_dir.glob("checkpoint-*")), "--no-resume")
+            (run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
+        resume_from = last_complete_checkpoint(run_dir) if resume else None
+        manifest = prepare_data(recipe, paths)
+        base_model = _resolve_base_model(recipe)
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=recipe.model.trust_remote_code)
     if tokenizer.chat_template is None:
         raise InputError(
@@ -660,32 +689,31 @@ def _run(
     _report_survival(survival, manifest)
 
     manifest_sha = sha256_file(paths.manifest) if paths.manifest.exists() else None
-    _write_cell_json(
-        paths,
-        {
-            "name": recipe.name,
-            "recipe": recipe.model_dump(mode="json"),
-            "method": recipe.method,
-            "base_model": base_model,
-            "loss_mode": loss_mode,
-            "resolved": {
-                "sft": {
-                    k: v for k, v in args.to_dict().items() if k in sft_kwargs or k in ("seed", "max_length")
-                },
-                "lora": resolved["lora"],
-                "quantization": resolved["quantization"],
+    cell_update = {
+        "name": recipe.name,
+        "recipe": recipe.model_dump(mode="json"),
+        "method": recipe.method,
+        "base_model": base_model,
+        "loss_mode": loss_mode,
+        "resolved": {
+            "sft": {
+                k: v for k, v in args.to_dict().items() if k in sft_kwargs or k in ("seed", "max_length")
             },
-            "versions": package_versions(),
-            "git_sha": git_sha(),
-            "data": {
-                "manifest": str(paths.manifest),
-                "manifest_sha256": manifest_sha,
-                "train_sha256": sha256_file(paths.train_jsonl),
-                "fraction_correct_realized": manifest.get("fraction_correct_realized"),
-            },
-            "truncation": survival,
+            "lora": resolved["lora"],
+            "quantization": resolved["quantization"],
         },
-    )
+        "versions": package_versions(),
+        "git_sha": git_sha(),
+        "data": {
+            "manifest": str(paths.manifest),
+            "manifest_sha256": manifest_sha,
+            "train_sha256": sha256_file(paths.train_jsonl),
+            "fraction_correct_realized": manifest.get("fraction_correct_realized"),
+        },
+        "truncation": survival,
+    }
+    if state.is_main_process:
+        _write_cell_json(paths, cell_update)
 
     if resume_from is not None:
         log.info("resuming from %s (last complete checkpoint)", resume_from.name)
@@ -698,10 +726,18 @@ def _run(
         ok = ckpt if is_complete(ckpt) else None
         log.warning("preempted (%s) at step %d: saved %s; exit %d to requeue", preempt_flag.get("signal", "callback"),
                     step, ok.name if ok else "nothing", EXIT_PREEMPTED)  # fmt: skip
+        if state.is_main_process:
+            atomic_write_json(
+                run_dir / PREEMPTED_MARKER,
+                {"step": step, "checkpoint": ok.name if ok else None, "signal": preempt_flag.get("signal")},
+            )
         raise Preempted(step, ok)
 
     sched = callbacks[0]
     final_step = trainer.state.global_step
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return run_dir
     _drop_unscheduled(run_dir, set(sched.scheduled))
     saved = sorted(int(d.name.split("-")[1]) for d in run_dir.glob("checkpoint-*") if is_complete(d))
     mark_done(
