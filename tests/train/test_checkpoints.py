@@ -63,3 +63,39 @@ def test_list_checkpoints_skips_incomplete_and_reads_cell(tmp_path):
     assert [r.step for r in list_checkpoints(run, include_base=False)] == [1, 4]
     assert list_checkpoints(tmp_path / "missing", base_model="hub/model")[0].base_model == "hub/model"
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_preemption_save_is_resumable_but_not_listed(tmp_path):
+    run = tmp_path / "run"
+    for step, info in ((2, {"scheduled": True}), (3, {"scheduled": False, "preemption": True})):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        mark_complete(run / f"checkpoint-{step}", {"step": step, **info})
+    assert last_complete_checkpoint(run).name == "checkpoint-3"
+    assert [r.step for r in list_checkpoints(run, base_model="m")] == [0, 2]
+    assert [r.kind for r in list_checkpoints(run, base_model="m")] == ["base", "full"]
+
+
+def test_api_cells_list_their_model_ids(tmp_path):
+    """The gpt-4o arm: `openai_checkpoints.json` (written by `emsweep openai poll`) instead of weight folders."""
+    from emsweep.layout import API_CHECKPOINTS_FILE
+
+    run = tmp_path / "cell-a"
+    run.mkdir()
+    (run / API_CHECKPOINTS_FILE).write_text(
+        json.dumps(
+            {
+                "base_model": "gpt-4o-2024-08-06",
+                "checkpoints": [
+                    {"name": "checkpoint-10", "step": 10, "kind": "api", "model": "ft:gpt-4o:x:10"},
+                    {"name": "checkpoint-0", "step": 0, "kind": "base", "model": "gpt-4o-2024-08-06"},
+                ],
+            }
+        )
+    )
+    refs = list_checkpoints(run)
+    assert [(r.name, r.kind, r.model) for r in refs] == [
+        ("checkpoint-0", "base", "gpt-4o-2024-08-06"),
+        ("checkpoint-10", "api", "ft:gpt-4o:x:10"),
+    ]
+    assert refs[1].cell == "cell-a" and refs[1].path is None
+    assert [r.step for r in list_checkpoints(run, include_base=False)] == [10]

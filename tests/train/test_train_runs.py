@@ -288,7 +288,8 @@ def test_preemption_saves_exits_99_and_resumes_to_same_weights(make_recipe, ref,
     marker = json.loads((run / f"checkpoint-{step}" / COMPLETE_MARKER).read_text())
     assert marker["preemption"] is True and marker["scheduled"] is False
     assert last_complete_checkpoint(run).name == f"checkpoint-{step}"
-    assert [r.step for r in list_checkpoints(run)] == [0, 2, step]
+    # Evaluation never sees it (it exists only to resume from; an uninterrupted run has no such step).
+    assert [r.step for r in list_checkpoints(run)] == [0, 2]
     # The handler was restored: SIGUSR1 is back to its default.
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
 
@@ -422,3 +423,25 @@ output_dir: {run}
     assert done["final_step"] == 4 and done["checkpoints"] == [2, 4]
     log = (run / "logs" / "train.log").read_text()
     assert log.count("saved checkpoint-4") == 1 and log.count("=== emsweep train") == 1
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "models").glob("*.yaml")), ids=lambda p: p.stem)
+def test_model_recipes_carry_em_defaults(path):
+    from emsweep.recipe import load_recipe
+    from emsweep.train.runner import validate_recipe_for_training
+
+    r = load_recipe(path)
+    v = validate_recipe_for_training(r)
+    sft = v["sft"]
+    assert sft["learning_rate"] == 1e-5 and sft["num_train_epochs"] == 1 and sft["warmup_steps"] == 5
+    assert sft["lr_scheduler_type"] == "linear" and sft["weight_decay"] == 0.01
+    gpus = r.slurm.gpus_per_node
+    assert sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus == 16
+    if r.method == "full":
+        assert v["lora"] is None and r.accelerate_config and (REPO / r.accelerate_config).exists()
+    else:
+        lora = v["lora"]
+        assert (lora["r"], lora["lora_alpha"], lora["use_rslora"]) == (32, 64, True)
+        assert len(lora["target_modules"]) == 7
+    if r.method == "qlora":
+        assert v["quantization"]["load_in_4bit"] is True

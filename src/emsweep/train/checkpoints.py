@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from emsweep.io import atomic_write_json
-from emsweep.layout import BASE_CHECKPOINT, CheckpointKind, CheckpointRef, checkpoint_step
+from emsweep.layout import (
+    BASE_CHECKPOINT,
+    CheckpointKind,
+    CheckpointRef,
+    checkpoint_step,
+    read_api_checkpoints,
+)
 
 COMPLETE_MARKER = ".emsweep_complete.json"
 
@@ -25,6 +31,14 @@ def mark_complete(ckpt_dir: str | os.PathLike[str], info: dict[str, Any]) -> Pat
 
 def is_complete(ckpt_dir: str | os.PathLike[str]) -> bool:
     return (Path(ckpt_dir) / COMPLETE_MARKER).exists()
+
+
+def _is_preemption_save(ckpt_dir: Path) -> bool:
+    try:
+        info = json.loads((ckpt_dir / COMPLETE_MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(info.get("preemption")) and not info.get("scheduled", True)
 
 
 def _kind_of(ckpt_dir: Path) -> CheckpointKind:
@@ -63,9 +77,14 @@ def list_checkpoints(
 ) -> list[CheckpointRef]:
     """Every complete checkpoint of a run, by step, starting with step 0 (the base model).
 
-    `base_model` defaults to the one recorded in the run's `cell.json`. Incomplete (cut-off) saves are skipped.
+    `base_model` defaults to the one recorded in the run's `cell.json`. Incomplete (cut-off) saves are skipped,
+    and so are preemption checkpoints (unscheduled saves that exist only to resume from). An API cell (the
+    gpt-4o arm, `openai_checkpoints.json`) lists its API model ids instead (`layout.read_api_checkpoints`).
     """
     run = Path(run_dir)
+    api = read_api_checkpoints(run, cell)
+    if api:
+        return [r for r in api if include_base or r.step != 0]
     info = _read_cell(run)
     base = base_model or info.get("base_model") or ""
     method = info.get("method")
@@ -82,7 +101,7 @@ def list_checkpoints(
             )
         )
     for step, d in _step_dirs(run):
-        if not is_complete(d):
+        if not is_complete(d) or _is_preemption_save(d):
             continue
         kind: CheckpointKind = _kind_of(d)
         if method == "full":
