@@ -164,3 +164,20 @@ def test_exact_accuracy_stands_in_for_domain_when_every_domain_file_has_it(tmp_p
     assert domain_source(df) == "judge"
     with pytest.raises(InputError, match="no exact_accuracy"):
         domain_source(df, "exact")
+
+
+def test_same_cell_id_in_two_sweeps_stays_two_cells(tmp_path):
+    for sweep in ("a", "b"):
+        axes = {
+            "domain": "d",
+            "fraction_correct": 1.0,
+            "wrong_kind": "subtle",
+            "method": "lora",
+            "seed": 0,
+            "model": "m",
+        }
+        c = write_cell(tmp_path / sweep, "cell0", axes, sweep=sweep)
+        write_metrics(c, "cell0", 0, domain=0.1 if sweep == "a" else 0.2, misaligned=0.0)
+    cv = cell_view(collect_results(tmp_path))
+    assert sorted(cv["cell"]) == ["a/cell0", "b/cell0"]
+    assert sorted(cv["domain_accuracy"]) == pytest.approx([0.1, 0.2])

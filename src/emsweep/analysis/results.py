@@ -133,8 +133,12 @@ def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
         row["n_exact"] = m.extra.get("n_exact")
         row["init_shape"] = (recipe.get("model") or {}).get("init_shape")
         row["metrics_path"] = str(p)
+        row["cell_dir"] = str(cell_root)
         rows.append(row)
     df = pd.DataFrame(rows)
+    # a root above several sweeps may hold the same cell id twice: name cells by their folder below root then
+    if df.groupby("cell")["cell_dir"].nunique().max() > 1:
+        df["cell"] = [os.path.relpath(d, root) for d in df["cell_dir"]]
     df = df.sort_values(["cell", "step", "suite"], kind="stable").reset_index(drop=True)
     return df
 
