@@ -597,7 +597,9 @@ def run_training(
     run_dir.mkdir(parents=True, exist_ok=True)
     paths.logs_dir.mkdir(parents=True, exist_ok=True)
     log_file = paths.logs_dir / "train.log"
-    with _FileLog(log_file, enabled=state.is_main_process):
+    preempt_flag: dict[str, Any] = {}
+    # Signals are caught from here on: one during data or model loading stops the run before the first step.
+    with _FileLog(log_file, enabled=state.is_main_process), _Signals(preempt_flag):
         return _run(
             recipe,
             paths,
@@ -606,6 +608,7 @@ def run_training(
             log_file=log_file,
             extra=extra_callbacks or [],
             state=state,
+            preempt_flag=preempt_flag,
         )
 
 
@@ -618,6 +621,7 @@ def _run(
     log_file: Path,
     extra: list[Any],
     state: Any,
+    preempt_flag: dict[str, Any],
 ) -> Path:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -675,7 +679,6 @@ def _run(
 
         peft_config = LoraConfig(**resolved["lora"])
 
-    preempt_flag: dict[str, Any] = {}
     callbacks = [*_make_callbacks(run_dir, recipe.checkpoints, log_file, preempt_flag), *extra]
     trainer = SFTTrainer(
         model=model,
@@ -717,21 +720,14 @@ def _run(
 
     if resume_from is not None:
         log.info("resuming from %s (last complete checkpoint)", resume_from.name)
-    with _Signals(preempt_flag):
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if preempt_flag.get("requested"):  # signalled while loading: nothing new to save
+        _preempted(run_dir, state, preempt_flag, resume_from_step(resume_from), resume_from)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    if preempt_flag.get("requested"):
+    if preempt_flag.get("requested") and trainer.state.global_step < trainer.state.max_steps:
         step = int(preempt_flag.get("step", trainer.state.global_step))
         ckpt = run_dir / f"checkpoint-{step}"
-        ok = ckpt if is_complete(ckpt) else None
-        log.warning("preempted (%s) at step %d: saved %s; exit %d to requeue", preempt_flag.get("signal", "callback"),
-                    step, ok.name if ok else "nothing", EXIT_PREEMPTED)  # fmt: skip
-        if state.is_main_process:
-            atomic_write_json(
-                run_dir / PREEMPTED_MARKER,
-                {"step": step, "checkpoint": ok.name if ok else None, "signal": preempt_flag.get("signal")},
-            )
-        raise Preempted(step, ok)
+        _preempted(run_dir, state, preempt_flag, step, ckpt if is_complete(ckpt) else None)
 
     sched = callbacks[0]
     final_step = trainer.state.global_step
@@ -753,6 +749,27 @@ def _run(
     )
     log.info("done: %d steps, checkpoints %s", final_step, saved)
     return run_dir
+
+
+def resume_from_step(ckpt: Path | None) -> int:
+    return int(ckpt.name.split("-")[1]) if ckpt is not None else 0
+
+
+def _preempted(run_dir: Path, state: Any, flag: dict[str, Any], step: int, ckpt: Path | None) -> None:
+    """Record the preemption and leave with EXIT_PREEMPTED (a rerun resumes from `ckpt`)."""
+    log.warning(
+        "preempted (%s) at step %d: %s; exit %d to requeue",
+        flag.get("signal", "callback"),
+        step,
+        f"saved {ckpt.name}" if ckpt else "no new checkpoint",
+        EXIT_PREEMPTED,
+    )
+    if state.is_main_process:
+        atomic_write_json(
+            run_dir / PREEMPTED_MARKER,
+            {"step": step, "checkpoint": ckpt.name if ckpt else None, "signal": flag.get("signal")},
+        )
+    raise Preempted(step, ckpt)
 
 
 def _drop_unscheduled(run_dir: Path, scheduled: set[int]) -> None:
