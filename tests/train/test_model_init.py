@@ -181,3 +181,19 @@ def test_shape_lookup_errors():
     with pytest.raises(InputError, match=r"unknown model shape 'gpt-5'.*tiny"):
         get_shape("gpt-5")
     assert set(PUBLISHED) <= set(SHAPES)
+
+
+def test_ensure_model_builds_once_and_reuses(tmp_path):
+    from emsweep.train.model_init import ensure_model
+
+    p = tmp_path / "models" / "tiny"
+    assert ensure_model(p, "tiny") == p and (p / "config.json").exists()
+    mtime = (p / "model.safetensors").stat().st_mtime_ns
+    assert ensure_model(p, "tiny") == p
+    assert (p / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert ensure_model(tmp_path / "hub-id-like", None) == tmp_path / "hub-id-like"  # nothing to build
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="already exists and is not empty"):
+        ensure_model(junk, "tiny")

@@ -387,6 +387,7 @@ def init_model(
     seed: int = 0,
     dtype: str | None = None,
     overwrite: bool = False,
+    _race_ok: bool = False,
 ) -> Path:
     """Write `out_dir` with config, random safetensors weights, tokenizer and generation config.
 
@@ -398,6 +399,8 @@ def init_model(
 
     shape = get_shape(shape) if isinstance(shape, str) else shape
     out = Path(out_dir)
+    if _race_ok and (out / "config.json").exists():
+        return out
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: already exists and is not empty (pass --overwrite to replace it)")
     dtype = dtype or shape.dtype
@@ -441,13 +444,28 @@ def init_model(
                 "random_weights": True,
             },
         )
-        if out.exists():
+        _default_permissions(tmp)  # mkdtemp/mkstemp make 0700/0600; a model folder is shared like any other
+        if out.exists() and overwrite:
             shutil.rmtree(out)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)  # atomic; fails if another process put a non-empty folder there meanwhile
+        except OSError:
+            if not (out / "config.json").exists():
+                raise
+            # Parallel cells of a sweep building the same model: keep the one that landed first.
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _default_permissions(folder: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
 
 
 def ensure_model(path: str | os.PathLike[str], init_shape: str | None, *, seed: int = 0) -> Path:
@@ -457,4 +475,6 @@ def ensure_model(path: str | os.PathLike[str], init_shape: str | None, *, seed: 
         return p
     if init_shape is None:
         return p
-    return init_model(init_shape, p, seed=seed, overwrite=True)
+    if p.exists() and not any(p.iterdir()):
+        p.rmdir()
+    return init_model(init_shape, p, seed=seed, overwrite=False, _race_ok=True)
