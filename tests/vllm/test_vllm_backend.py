@@ -222,3 +222,22 @@ def test_engine_start_out_of_memory_says_what_to_change(tiny, monkeypatch):
         b.generate([GenerationRequest("x", tiny.ref("base"), PROMPTS[0])], GREEDY, progress=False)
     assert "gpu_memory_utilization" in str(info.value)
     assert b.llm is None
+
+
+def test_factory_builds_the_vllm_backend_with_recipe_engine_settings(tiny):
+    from emsweep.generate.factory import make_backend
+
+    b = make_backend(
+        "vllm",
+        str(tiny.base),
+        engine={"tensor_parallel_size": 1, "max_model_len": 256, "max_lora_rank": 16},
+        batch_size=8,
+    )
+    assert isinstance(b, VLLMBackend)
+    assert b.llm is None  # engine built lazily, on the first call, sized for the checkpoints it is given
+    b._validate(tiny.ref("lora"))
+    args = b._engine_args([tiny.ref("lora")])
+    assert args["tensor_parallel_size"] == 1 and args["max_model_len"] == 256
+    assert args["enable_lora"] and args["max_lora_rank"] == 16
+    assert args["enable_prefix_caching"] is True
+    assert b.tokenize("12") == [b.tokenize("1")[0], b.tokenize("2")[0]]  # Qwen-style digits, no engine needed
