@@ -54,13 +54,8 @@ def test_cli_writes_tiny_model(tmp_path):
     for f in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
         assert (out / f).exists(), f
     # Refuses to clobber an existing folder without --overwrite.
-    res2 = subprocess.run(
-        [sys.executable, "-m", "emsweep", "model", "init", "--shape", "tiny", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert res2.returncode != 0 and "already exists" in res2.stderr
+    with pytest.raises(InputError, match="already exists and is not empty"):
+        init_model("tiny", out)
 
 
 @pytest.mark.parametrize("which", ["tiny", "tiny_llama"])

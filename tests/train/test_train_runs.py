@@ -445,3 +445,76 @@ def test_model_recipes_carry_em_defaults(path):
         assert len(lora["target_modules"]) == 7
     if r.method == "qlora":
         assert v["quantization"]["load_in_4bit"] is True
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_two_rank_preemption_signal_on_one_rank(tiny_model, tmp_path):
+    """SIGUSR1 reaching only one rank still stops both at the same step with one complete checkpoint (the ranks
+    agree through an all-reduce), `preempted.json` tells the job script, and a relaunch finishes the run."""
+    import socket
+
+    recipe = tmp_path / "ddp.yaml"
+    run = tmp_path / "run"
+    recipe.write_text(
+        f"""
+name: ddp-preempt
+model: {{path: {tiny_model}}}
+data: {{builtin: arithmetic, fraction_correct: 0.5, n_train: 240, seed: 0}}
+method: lora
+lora: {{r: 4, lora_alpha: 8}}
+sft: {{learning_rate: 1e-3, per_device_train_batch_size: 1, num_train_epochs: 1, max_length: 32,
+      activation_checkpointing: false, use_cpu: true, disable_tqdm: true, seed: 0, logging_steps: 50}}
+checkpoints: {{steps: [1]}}
+output_dir: {run}
+"""
+    )
+
+    def launch() -> subprocess.Popen:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = str(sock.getsockname()[1])
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+             "--master_port", port, str(REPO / "scripts" / "train.py"), str(recipe)],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    proc = launch()
+    try:
+        deadline = time.time() + 180
+        while not (run / "checkpoint-1" / COMPLETE_MARKER).exists():
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "no checkpoint-1 within 180 s"
+            time.sleep(0.05)
+        workers = sorted(_children(proc.pid))
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGUSR1)  # one rank only
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, out[-3000:]  # the launcher reports the workers' exit 99 as a failure
+    info = json.loads((run / "preempted.json").read_text())
+    step = info["step"]
+    assert 1 < step < 120 and info["checkpoint"] == f"checkpoint-{step}"
+    assert ckpt_steps(run) == [1, step]
+    assert json.loads((run / f"checkpoint-{step}" / COMPLETE_MARKER).read_text())["preemption"] is True
+    assert not is_done(run, "train")
+
+    proc = launch()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert ckpt_steps(run) == [1, 120]  # 240 rows / (1 per device x 2 ranks)
+    assert not (run / "preempted.json").exists()
+    assert f"resuming from checkpoint-{step}" in (run / "logs" / "train.log").read_text()
