@@ -28,6 +28,9 @@ def test_submitit_launcher_trains_and_survives_preemption(slurm_cluster, make_sw
     deadline = time.monotonic() + 300
     while not is_complete(cell.root / "checkpoint-2"):
         assert time.monotonic() < deadline, "no first checkpoint\n" + "\n".join(slurm_cluster.queue())
+        if not any(ln.split()[0].split("_")[0] == job for ln in slurm_cluster.queue()):
+            logs = "".join(p.read_text() for p in sorted(sweep.root.glob("slurm/submitit/*/*_log.*")))
+            raise AssertionError(f"job {job} ended before its first checkpoint\n{logs[-4000:]}")
         time.sleep(0.2)
     # submitit asks SLURM for SIGUSR2 before the time limit, sent to the job step (not the batch shell)
     r = slurm_cluster.run("scancel", "--signal=USR2", job, check=False)

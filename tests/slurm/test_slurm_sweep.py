@@ -36,11 +36,16 @@ def _logs(sweep) -> str:
     return "".join(out)
 
 
-def _wait_for(pred, timeout: float, what: str, sweep, cluster) -> None:
+def _wait_for(pred, timeout: float, what: str, sweep, cluster, job: str | None = None) -> None:
+    """Poll `pred`; fail at once (with the logs) if `job` has left the queue without `pred` becoming true."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
+        if job is not None and not any(ln.split()[0].split("_")[0] == job for ln in cluster.queue()):
+            if pred():
+                return
+            raise AssertionError(f"job {job} ended before {what}\n" + _logs(sweep))
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(cluster.queue()) + _logs(sweep))
 
@@ -116,7 +121,12 @@ def test_preempted_training_requeues_itself_and_resumes_to_the_same_weights(slur
     train = entry["jobs"][0]["job_id"]
 
     _wait_for(
-        lambda: is_complete(victim.root / "checkpoint-2"), 300, "the first checkpoint", sweep, slurm_cluster
+        lambda: is_complete(victim.root / "checkpoint-2"),
+        300,
+        "the first checkpoint",
+        sweep,
+        slurm_cluster,
+        train,
     )
     assert not is_done(victim.root, "train")
     slurm_cluster.run("scancel", "--signal=USR1", "--batch", f"{train}_0")
@@ -236,7 +246,9 @@ def test_multi_gpu_launch_goes_through_srun_and_forwards_the_signal(slurm_cluste
     (sweep.root / "slurm" / "logs").mkdir(parents=True)
     job = slurm_cluster.run("sbatch", "--parsable", str(script)).stdout.strip()
 
-    _wait_for(lambda: log.exists() and "ready" in log.read_text(), 120, "the launcher", sweep, slurm_cluster)
+    _wait_for(
+        lambda: log.exists() and "ready" in log.read_text(), 120, "the launcher", sweep, slurm_cluster, job
+    )
     slurm_cluster.run("scancel", "--signal=USR1", "--batch", f"{job}_0")
     slurm_cluster.wait_empty(timeout=120, job_ids=[job])
 
