@@ -249,3 +249,24 @@ def test_templates_dir_can_be_overridden(tmp_path, monkeypatch, make_sweep):
     with pytest.raises(InputError, match="sbatch templates not found"):
         slurm_mod.template_dir()
     assert os.environ["EMSWEEP_SLURM_TEMPLATES"]
+
+
+def test_status_without_a_reachable_controller_still_shows_the_done_markers(
+    make_sweep, tmp_path, monkeypatch
+):
+    from emsweep.io import mark_done
+    from emsweep.launch.slurm import slurm_status
+
+    sweep = load_sweep(make_sweep("nocontroller"))
+    mark_done(sweep.cells[0].root, "mix")
+    fake = tmp_path / "bin" / "squeue"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    st = slurm_status(sweep)
+    assert "Unable to contact slurm controller" in st.note
+    assert [c.stages["mix"] for c in st.cells] == [True, False]
+    assert [c.job for c in st.cells] == ["-", "-"]

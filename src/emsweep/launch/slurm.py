@@ -769,6 +769,7 @@ class SweepStatus:
     cells: list[CellStatus]
     accounting: bool
     submissions: int
+    note: str = ""  # why job states are missing (squeue unavailable)
 
     def __rich__(self):
         from rich.table import Table
@@ -777,6 +778,7 @@ class SweepStatus:
             title=f"sweep {self.sweep}: {sum(all(c.stages.values()) for c in self.cells)}/{len(self.cells)} "
             f"cells done, {self.submissions} submission(s)"
             + ("" if self.accounting else " (no SLURM accounting: finished jobs shown by done-markers)")
+            + (f"\n[yellow]{self.note}[/yellow]" if self.note else "")
         )
         t.add_column("cell", no_wrap=True)
         for s in STAGES:
@@ -797,7 +799,13 @@ class SweepStatus:
 def slurm_status(sweep: Sweep) -> SweepStatus:
     """Each cell's done stages and the state of its latest job (squeue; sacct when accounting is there)."""
     ledger = read_ledger(sweep)
-    tasks = squeue_tasks() if shutil.which("squeue") else []
+    queue_note = "" if shutil.which("squeue") else "squeue not found: job states unknown"
+    tasks: list[TaskState] = []
+    if not queue_note:
+        try:
+            tasks = squeue_tasks()
+        except InputError as exc:  # the controller is down or unreachable: still show the done-markers
+            queue_note = str(exc)
     active = _active_cells(ledger, tasks)
     # (cell, kind) -> (job record, array index) of the cell's last job of that kind
     latest: dict[tuple[str, str], tuple[dict[str, Any], int]] = {}
@@ -837,7 +845,7 @@ def slurm_status(sweep: Sweep) -> SweepStatus:
             else:
                 job_txt = f"{job['kind']} ended, not done: see log"
         rows.append(CellStatus(c.id, stages, job_txt, log))
-    return SweepStatus(sweep.name, rows, acct is not None, len(ledger["submissions"]))
+    return SweepStatus(sweep.name, rows, acct is not None, len(ledger["submissions"]), queue_note)
 
 
 def _rel(p: Path) -> str:
