@@ -420,7 +420,11 @@ class VLLMBackend(GenerationBackend):
     def _lora_of(self, ref: CheckpointRef) -> Any:
         if ref.kind == "lora":
             return self._lora_request(ref)
-        if self._lora_ranks and self.llm.llm_engine.vllm_config.lora_config is not None and self._cpu_platform():
+        if (
+            self._lora_ranks
+            and self.llm.llm_engine.vllm_config.lora_config is not None
+            and self._cpu_platform()
+        ):
             return self._zero_lora()
         return None
 
