@@ -396,7 +396,11 @@ class VLLMBackend(GenerationBackend):
             self.llm.collective_rpc("emsweep_swap_weights", args=(path,))
         except Exception as exc:  # a failed swap leaves unknown weights: refuse to go on silently
             self._weights = "unknown"
-            raise InputError(f"vLLM could not swap in the weights of {path}: {exc}") from exc
+            raise InputError(
+                f"vLLM could not swap in the weights of {path} in place: {exc}. Evaluate each full checkpoint in "
+                "its own process instead (`emsweep eval RUN --checkpoints <step> --backend vllm`, one step per "
+                "call), or use --backend hf"
+            ) from exc
         self.llm.reset_prefix_cache()
         self._weights = target
         self.n_swaps += 1
