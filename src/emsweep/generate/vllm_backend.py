@@ -397,9 +397,8 @@ class VLLMBackend(GenerationBackend):
         except Exception as exc:  # a failed swap leaves unknown weights: refuse to go on silently
             self._weights = "unknown"
             raise InputError(
-                f"vLLM could not swap in the weights of {path} in place: {exc}. Evaluate each full checkpoint in "
-                "its own process instead (`emsweep eval RUN --checkpoints <step> --backend vllm`, one step per "
-                "call), or use --backend hf"
+                f"vLLM could not swap in the weights of {path} in place: {exc}; evaluate this run's full checkpoints "
+                "with --backend hf, or serve each with `vllm serve <checkpoint folder>` and --backend openai-compatible"
             ) from exc
         self.llm.reset_prefix_cache()
         self._weights = target
