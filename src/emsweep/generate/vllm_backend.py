@@ -13,6 +13,10 @@ hundreds of checkpoints. So:
   `logprob_token_ids` for exact log-probs of given tokens (vLLM refuses both in one request unless the counts
   match); prefix caching is on, so the judge prompt's shared prefix is computed once.
 
+Three vLLM 0.32 bugs are worked around here (docs/vllm.md): tied LM heads not reloaded by an in-place swap
+(`WorkerExtension`), base rows getting an adapter when batched with LoRA rows on CPU (`_zero_lora`), and
+`logprob_token_ids` requests mixed up with top-k requests in one batch (separate calls).
+
 Prompts are rendered exactly as the HF backend renders them (chat template as text, tokenised without extra
 special tokens) and passed as token ids (`TokensPrompt`), so both backends see identical inputs.
 """
