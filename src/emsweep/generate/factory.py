@@ -20,7 +20,8 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "hf": ("emsweep.generate.hf", "HFBackend", "train"),
     "vllm": ("emsweep.generate.vllm_backend", "VLLMBackend", "vllm"),
     "openai": ("emsweep.generate.openai_api", "OpenAIChatBackend", "openai"),
-    "openai-compatible": ("emsweep.generate.openai_api", "OpenAIChatBackend", "openai"),
+    # a vLLM (or any OpenAI-compatible) server; LoRA checkpoints are loaded into `vllm serve` at run time
+    "openai-compatible": ("emsweep.generate.vllm_serve", "VLLMServeBackend", "openai"),
 }
 BACKEND_KINDS = tuple(BACKENDS)
 

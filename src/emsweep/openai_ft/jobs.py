@@ -54,13 +54,23 @@ def load_target(path: str | Path):
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a mapping at the top level")
     if "base" in data or "axes" in data:
-        return load_sweep(p)
-    from emsweep.recipe import load_recipe
+        sweep, where = load_sweep(p), "`base:`"
+    else:
+        from emsweep.recipe import load_recipe
 
-    recipe = load_recipe(p)  # validates with file:line errors
-    out = recipe.resolved_output_dir()
-    spec = SweepSpec(name=recipe.name, output_root=str(out.parent), base=recipe.model_dump(mode="json"))
-    return build_sweep(spec, path=p)
+        recipe = load_recipe(p)  # validates with file:line errors
+        out = recipe.resolved_output_dir()
+        spec = SweepSpec(name=recipe.name, output_root=str(out.parent), base=recipe.model_dump(mode="json"))
+        sweep, where = build_sweep(spec, path=p), "the recipe"
+    # The method is part of every cell id and of the report's groups: an API cell must say it is one, so that
+    # `emsweep sweep run --stages eval` finds the same cells and the report does not call gpt-4o "lora".
+    other = sorted({c.recipe.method for c in sweep.cells} - {"openai"})
+    if other:
+        raise InputError(
+            f"{p}: the OpenAI fine-tuning API trains `method: openai` cells, not method {', '.join(other)}; "
+            f"add `method: openai` to {where}"
+        )
+    return sweep
 
 
 def ledger_folder(path: str | Path) -> Path:

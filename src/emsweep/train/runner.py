@@ -572,6 +572,13 @@ def run_training(
     """
     paths = CellPaths.of(Path(output_dir) if output_dir else recipe.resolved_output_dir())
     run_dir = paths.root
+    if recipe.method == "openai":  # trained by OpenAI; `emsweep openai poll` marks the train stage done
+        if is_done(run_dir, STAGE):
+            return run_dir
+        raise InputError(
+            f"recipe {recipe.name!r} has `method: openai`: train it with `emsweep openai finetune RECIPE` and "
+            "`emsweep openai poll`, then evaluate with `emsweep openai eval` or `emsweep sweep run --stages eval`"
+        )
     resolved = validate_recipe_for_training(recipe)  # every key checked before anything is written
 
     if is_done(run_dir, STAGE):
