@@ -113,9 +113,8 @@ class SlurmSpec(StrictModel):
     extra: list[str] = Field(default_factory=list)  # verbatim `#SBATCH` lines
     setup: list[str] = Field(default_factory=list)  # shell lines run before the job (module load, venv)
     python: str | None = None  # interpreter with emsweep on the nodes (default: the one that submits)
-    eval_gpus: int | None = Field(
-        None, ge=0
-    )  # GPUs per eval task (default: eval.engine tensor_parallel_size or 1)
+    # GPUs per eval task (default: eval.engine tensor_parallel_size or 1)
+    eval_gpus: int | None = Field(None, ge=0)
     report_partition: str | None = None  # the CPU-only report job (default: `partition`)
 
 
