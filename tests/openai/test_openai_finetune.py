@@ -413,7 +413,7 @@ def test_snapshot_not_available_to_the_org_is_a_refusal(fake, make_sweep):
     assert Ledger(sweep.root).cell(sweep.cells[0].id)["status"] == "refused"
 
 
-def test_api_cells_must_say_method_openai(fake, make_sweep, tmp_path):
+def test_api_cells_must_say_method_openai(fake, make_sweep):
     """A sweep that forgot `method: openai` would give gpt-4o cells "lora" ids that `sweep run` and the report
     disagree on; the OpenAI commands refuse it and say what to add, and TRL training refuses `method: openai`."""
     import yaml
