@@ -251,7 +251,27 @@ def _is_refusal(exc: BaseException) -> bool:
     return False
 
 
-def create_job(client: Any, ledger: Ledger, p: CellPlan, file_id: str, sweep_name: str) -> str:
+def _gate_of(exc: BaseException) -> bool:
+    """The refusal is OpenAI's wind-down gate on the organisation (not a snapshot or file problem)."""
+    from emsweep.generate.openai_api import _error_message
+    from emsweep.openai_ft.lifecycle import is_gated_org_error
+
+    body = getattr(exc, "body", None)
+    err = body.get("error", body) if isinstance(body, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return is_gated_org_error(getattr(exc, "status_code", None), code, _error_message(exc))
+
+
+def create_job(
+    client: Any,
+    ledger: Ledger,
+    p: CellPlan,
+    file_id: str,
+    sweep_name: str,
+    *,
+    day: Any = None,
+    lifecycle_path: str | Path | None = None,
+) -> str:
     cid = p.cell.id
     rec = ledger.cell(cid)
     if rec.get("status") == "creating_job":
@@ -284,6 +304,16 @@ def create_job(client: Any, ledger: Ledger, p: CellPlan, file_id: str, sweep_nam
         from emsweep.generate.openai_api import _error_message
 
         msg = redact(_error_message(exc))
+        if _is_refusal(exc) and _gate_of(exc):
+            from emsweep.openai_ft.lifecycle import explain_gate, load_lifecycle, today
+
+            when = today(day)
+            ledger.update_cell(cid, status="refused", error=msg, refused_as="wind-down gate", refused_on=str(when))
+            raise OpenAIArmError(
+                f"cell {cid}: OpenAI refused to create the fine-tuning job for {p.model}: {msg}\n"
+                f"{explain_gate(load_lifecycle(lifecycle_path), when)}\n"
+                "Your upload is recorded and will be reused if access comes back."
+            ) from exc
         if _is_refusal(exc):
             ledger.update_cell(cid, status="refused", error=msg)
             raise OpenAIArmError(
@@ -308,16 +338,35 @@ def finetune(
     client: Any = None,
     echo: Callable[[str], None] = print,
     retry_failed: bool = False,
+    today: Any = None,
+    lifecycle_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """`emsweep openai finetune`: plan every cell, then (unless dry-run) upload and create missing jobs.
+
+    First, for every model of the selected cells, the lifecycle table (`recipes/openai/lifecycle.yaml`) is read for
+    `today` (default: `$EMSWEEP_TODAY`, else the system date): the days left are echoed, a model past its cutoff
+    (job creation, or its base's retirement) stops everything with an InputError naming the date and the source,
+    and a model missing from the table is a printed warning.
 
     `retry_failed`: a cell whose job failed or was cancelled gets a new job (the upload is reused; the old job id
     moves to `previous_jobs`). Without it, a cell with any job never gets another.
 
     Returns {"cells": [...per-cell rows...], "total_tokens", "total_cost_usd", "created", "reused"}.
     """
+    from emsweep.openai_ft import lifecycle as lc
+
     sweep = load_target(target)
     prices = load_prices(prices_path)
+    day = lc.today(today)
+    table = lc.load_lifecycle(lifecycle_path)
+    verdicts = []
+    for model in dict.fromkeys(c.recipe.openai.model for c in _select(sweep, cells)):
+        v = lc.check_job_creation(table, model, day)
+        verdicts.append(v)
+        for line in v.lines:
+            echo(line)
+        if not v.allowed:
+            raise InputError(f"{sweep.source}: {v.error}")
     plans = plan(sweep, cells, prices)
     ledger = Ledger(sweep.root)
     rows = []
@@ -341,6 +390,16 @@ def finetune(
         "total_tokens": total_tokens,
         "total_cost_usd": round(total_cost, 4),
         "prices": prices.path,
+        "today": str(day),
+        "lifecycle": [
+            {
+                "model": v.model,
+                "known": v.known,
+                "days_to_job_cutoff": v.days_to_job_cutoff,
+                "days_to_retirement": v.days_to_retirement,
+            }
+            for v in verdicts
+        ],
     }
     if dry_run:
         return summary
@@ -384,7 +443,7 @@ def finetune(
             canaries=p.prepared.canaries,
         )
         file_id = ensure_upload(client, ledger, p)
-        job_id = create_job(client, ledger, p, file_id, sweep.name)
+        job_id = create_job(client, ledger, p, file_id, sweep.name, day=day, lifecycle_path=lifecycle_path)
         created.append(cid)
         echo(f"cell {cid}: job {job_id} created (file {file_id}, est. ${p.estimated_cost_usd:.2f})")
     summary.update(created=created, reused=reused, ledger=str(ledger.path))
