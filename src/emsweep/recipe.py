@@ -33,10 +33,15 @@ class SourceSpec(StrictModel):
 
 
 class DataSpec(StrictModel):
+    """The training mix. `wrong` is one source per wrong kind (`{obvious: ..., subtle: ...}`, any kind names),
+    and `wrong_kind` picks the file, so a sweep axis over `data.wrong_kind` trains each kind on its own file.
+    A single `wrong:` source (legacy) is the file of whatever kind `wrong_kind` names; sweeps refuse to vary
+    the kind over one file (launch/sweep.py)."""
+
     domain: str = "custom"
     correct: SourceSpec | str | None = None
-    wrong: SourceSpec | str | None = None
-    wrong_kind: WrongKind = "subtle"
+    wrong: SourceSpec | str | dict[str, SourceSpec | str] | None = None
+    wrong_kind: str = Field("subtle", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     fraction_correct: float = Field(1.0, ge=0.0, le=1.0)
     n_train: int = Field(..., gt=0)
     n_heldout: int = Field(0, ge=0)
@@ -48,7 +53,27 @@ class DataSpec(StrictModel):
     def _sources(self) -> DataSpec:
         if self.builtin is None and (self.correct is None or self.wrong is None):
             raise ValueError("give `correct` and `wrong` sources, or a `builtin` dataset")
+        if isinstance(self.wrong, dict):
+            if not self.wrong:
+                raise ValueError("`wrong` is an empty mapping: give one source per wrong kind (kind: path)")
+            if self.wrong_kind not in self.wrong:
+                raise ValueError(
+                    f"data.wrong_kind is {self.wrong_kind!r} but data.wrong.{self.wrong_kind} names no file "
+                    f"(kinds with a file: {', '.join(sorted(self.wrong))}); add `data.wrong.{self.wrong_kind}: "
+                    "<path>` or choose one of those kinds"
+                )
         return self
+
+    @property
+    def wrong_is_mapping(self) -> bool:
+        return isinstance(self.wrong, dict)
+
+    def wrong_source(self) -> tuple[str, SourceSpec | str | None]:
+        """(recipe key, source) of the wrong pool this spec trains on: `data.wrong.<kind>` from a mapping,
+        `data.wrong` for a single source."""
+        if isinstance(self.wrong, dict):
+            return f"data.wrong.{self.wrong_kind}", self.wrong[self.wrong_kind]
+        return "data.wrong", self.wrong
 
 
 class ModelSpec(StrictModel):
@@ -77,11 +102,31 @@ class CheckpointSchedule(StrictModel):
 
 
 class JudgeSpec(StrictModel):
+    """The model judge (emsweep.judge.registry.build_judge): which model, on which backend, scored how.
+
+    `kind` is the kind of the suite's 0-100 questions (`logprob`, Betley's method, or any registered kind);
+    categorical and rule questions are chosen by the suite. `top_k`: logprobs read per position (OpenAI allows
+    20); `min_number_mass`: a score is None when numbers 0-100 hold less probability (Betley: 0.25);
+    `max_pruned_mass`: probability the digit trie may leave unexplored (exact backends only)."""
+
     model: str = "gpt-4o-2024-08-06"
     backend: Literal["hf", "vllm", "openai", "openai-compatible"] = "openai"
     base_url: str | None = None
     engine: dict[str, Any] = Field(default_factory=dict)  # vLLM LLM(...) kwargs for the judge engine
-    top_logprobs: int = 20
+    kind: str = "logprob"
+    top_k: int = Field(20, ge=1)
+    min_number_mass: float = Field(0.25, ge=0.0, le=1.0)
+    max_pruned_mass: float = Field(2e-9, ge=0.0, lt=0.01)
+    batch_size: int | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "top_logprobs" in data:
+            raise ValueError(
+                "`top_logprobs` is now `top_k` (the number of logprobs the judge reads per position); rename it"
+            )
+        return data
 
 
 class EvalSpec(StrictModel):

@@ -138,7 +138,7 @@ def mix(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of every permutation (same seed, same bytes)."),
     wrong_kind: str = typer.Option(
-        "subtle", "--wrong-kind", help="Kind of the wrong pool: obvious | subtle."
+        "subtle", "--wrong-kind", help="Kind of the wrong pool, any name (builtin domains: obvious | subtle)."
     ),
     paired: str = typer.Option("auto", "--paired", help=_PAIRED_HELP),
     builtin: str | None = typer.Option(
@@ -183,7 +183,7 @@ def mix_domain(
     n_heldout: int = typer.Option(0, "--n-heldout", help="Held-out prompts (the same for every fraction)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every permutation."),
     wrong_kind: str = typer.Option(
-        "subtle", "--wrong-kind", help="Kind of the wrong pool: obvious | subtle."
+        "subtle", "--wrong-kind", help="Kind of the wrong pool, any name (builtin domains: obvious | subtle)."
     ),
     paired: str = typer.Option("auto", "--paired", help=_PAIRED_HELP),
     builtin: str | None = typer.Option(

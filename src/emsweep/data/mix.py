@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -122,26 +123,37 @@ def _source_entry(role: str, spec: SourceSpec, rows: list[Conversation]) -> dict
 
 
 def load_pools(spec: DataSpec, password: str | None = None) -> Pools:
-    """Read (or generate, for `builtin`) the correct pool and the wrong pool of `spec.wrong_kind`."""
+    """Read (or generate, for `builtin`) the correct pool and the wrong pool of `spec.wrong_kind`: the file
+    `data.wrong.<kind>` names (a mapping), or the single `data.wrong` source."""
     if spec.builtin:
         if spec.correct is not None or spec.wrong is not None:
             raise InputError("data: give either `builtin` or `correct`/`wrong` sources, not both")
         size = max(spec.n_train + spec.n_heldout, MIN_MIX_POOL)
         pools = builtin_pools(spec.builtin, size, seed=0)
+        kinds = sorted(k for k in pools if k != "correct")
+        if spec.wrong_kind not in kinds:
+            raise InputError(
+                f"data.wrong_kind: {spec.wrong_kind!r} is not a wrong kind of builtin:{spec.builtin} "
+                f"(it has {', '.join(kinds)})"
+            )
         correct, wrong = pools["correct"], pools[spec.wrong_kind]
         sources = [
             {"role": "correct", "builtin": spec.builtin, "path": f"builtin:{spec.builtin}/correct",
              "rows": len(correct), "sha256": pool_digest(correct), "canaries": []},
             {"role": "wrong", "builtin": spec.builtin, "path": f"builtin:{spec.builtin}/{spec.wrong_kind}",
-             "rows": len(wrong), "sha256": pool_digest(wrong), "canaries": [], "wrong_kind": spec.wrong_kind},
+             "rows": len(wrong), "sha256": pool_digest(wrong), "canaries": [], "wrong_kind": spec.wrong_kind,
+             "recipe_key": "data.builtin"},
         ]  # fmt: skip
         return Pools(correct, wrong, sources, domain=spec.builtin)
     assert spec.correct is not None and spec.wrong is not None  # DataSpec's validator guarantees it
-    cspec, wspec = as_source_spec(spec.correct), as_source_spec(spec.wrong)
+    wkey, wsrc = spec.wrong_source()
+    assert wsrc is not None
+    cspec, wspec = as_source_spec(spec.correct), as_source_spec(wsrc)
     correct = read_source(cspec, password)
     wrong = read_source(wspec, password)
     sources = [_source_entry("correct", cspec, correct), _source_entry("wrong", wspec, wrong)]
-    sources[1]["wrong_kind"] = spec.wrong_kind
+    sources[0]["recipe_key"] = "data.correct"
+    sources[1].update({"wrong_kind": spec.wrong_kind, "recipe_key": wkey})
     return Pools(correct, wrong, sources, domain=spec.domain)
 
 
@@ -168,10 +180,18 @@ def _first_by_key(rows: Sequence[Conversation], pk: dict[int, str]) -> tuple[dic
 
 
 def _tag(
-    c: Conversation, label: str, wrong_kind: str | None, split: str, key: str, domain: str | None
+    c: Conversation,
+    label: str,
+    wrong_kind: str | None,
+    split: str,
+    key: str,
+    domain: str | None,
+    wrong_file: str | None = None,
 ) -> Conversation:
     meta = dict(c.meta)
     meta.update({"label": label, "wrong_kind": wrong_kind, "split": split, "prompt_key": key})
+    if label == "wrong" and wrong_file is not None:
+        meta["wrong_file"] = wrong_file  # the pool file this wrong answer was read from
     if domain and "domain" not in meta:
         meta["domain"] = domain
     return Conversation(id=c.id, messages=c.messages, meta=meta)
@@ -210,6 +230,7 @@ def mix_pools(
     wrong_kind: str = "subtle",
     domain: str | None = None,
     names: tuple[str, str] = ("correct pool", "wrong pool"),
+    wrong_file: str | None = None,
 ) -> Mix:
     """Choose the training and held-out rows (see the module docstring for the rules)."""
     if n_train <= 0:
@@ -240,7 +261,7 @@ def mix_pools(
         train = []
         for k in permute(train_keys, seed, "order"):
             if k in wrong_keys:
-                train.append(_tag(w_by[k], "wrong", wrong_kind, "train", k, domain))
+                train.append(_tag(w_by[k], "wrong", wrong_kind, "train", k, domain, wrong_file))
             else:
                 train.append(_tag(c_by[k], "correct", None, "train", k, domain))
         heldout = [_tag(c_by[k], "correct", None, "heldout", k, domain) for k in held_keys]
@@ -299,7 +320,8 @@ def mix_pools(
             (_row_uid(c), _tag(c, "correct", None, "train", pk[id(c)], domain)) for c in c_avail[:n_correct]
         ]
         tagged += [
-            (_row_uid(w), _tag(w, "wrong", wrong_kind, "train", pk[id(w)], domain)) for w in w_avail[:n_wrong]
+            (_row_uid(w), _tag(w, "wrong", wrong_kind, "train", pk[id(w)], domain, wrong_file))
+            for w in w_avail[:n_wrong]
         ]
         tagged.sort(key=lambda t: (_rank(seed, "order", t[0]), t[0], t[1].meta["label"], t[1].id))
         train = [t[1] for t in tagged]
@@ -348,6 +370,7 @@ def _write_mix(spec: DataSpec, pools: Pools, out_dir: Path, force: bool) -> dict
         wrong_kind=spec.wrong_kind,
         domain=pools.domain,
         names=(str(names[0]), str(names[1])),
+        wrong_file=str(names[1]),
     )
     train_text, held_text = _jsonl_text(mix.train), _jsonl_text(mix.heldout)
     n_correct, n_wrong = mix.info["n_correct"], mix.info["n_wrong"]
@@ -378,6 +401,11 @@ def _write_mix(spec: DataSpec, pools: Pools, out_dir: Path, force: bool) -> dict
         "n_correct": n_correct,
         "n_wrong": n_wrong,
         "wrong_kind": spec.wrong_kind,
+        # which file the wrong rows came from (rows carry it too, in meta.wrong_file), and the recipe key naming it
+        "wrong_rows_by_file": dict(
+            Counter(str(c.meta.get("wrong_file")) for c in mix.train if c.meta["label"] == "wrong")
+        ),
+        "wrong_source_key": pools.sources[1].get("recipe_key"),
         "seed": spec.seed,
         "fraction_correct_requested": spec.fraction_correct,
         "fraction_correct_realized": n_correct / len(mix.train),

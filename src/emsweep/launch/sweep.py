@@ -7,7 +7,7 @@ A sweep YAML looks like::
     base: ../models/qwen2.5-7b-lora.yaml   # a recipe file (relative to this file) or an inline mapping
     axes:                             # crossed (cartesian product), in this order
       data.fraction_correct: [0.1, 0.5, 0.9, 1.0]
-      data.wrong_kind: [obvious, subtle]
+      data.wrong_kind: [obvious, subtle]   # needs data.wrong: {obvious: file, subtle: file} in the base
       method: [lora, full]
     zip:                              # optional: groups of keys that move together (each group is one axis)
       - data.seed: [0, 1]
@@ -371,6 +371,7 @@ def build_sweep(
 
     if not cells:
         raise InputError(f"{source}: the grid is empty")
+    _check_wrong_kind_axis(cells, groups, where)
     # duplicate ids: identical axis values are an error; readable ids that collide after formatting get a hash
     seen: dict[str, list[Cell]] = {}
     for c in cells:
@@ -394,6 +395,24 @@ def build_sweep(
         raise InputError(f"{source}: duplicate cell ids after disambiguation: {ids}")
     sweep.cells = cells
     return sweep
+
+
+def _check_wrong_kind_axis(cells: list[Cell], groups: list[tuple[list[str], Any]], where: Any) -> None:
+    """An axis over `data.wrong_kind` must change the file too: with a single `data.wrong` source every kind
+    would train on that one file under a different label. Allowed: `data.wrong` as a mapping kind -> file,
+    a builtin domain (its pools have every kind), or `data.wrong` zipped with `data.wrong_kind`."""
+    group = next((keys for keys, _ in groups if "data.wrong_kind" in keys), None)
+    if group is None or "data.wrong" in group:
+        return
+    for c in cells:
+        d = c.recipe.data
+        if d.builtin is None and not d.wrong_is_mapping:
+            raise InputError(
+                f"{where('axes', 'data.wrong_kind')}: axes.data.wrong_kind varies the wrong kind, but data.wrong "
+                f"is one file ({d.wrong_source()[1]!r}): every kind would train on it. Give data.wrong as a "
+                "mapping kind -> file (data.wrong: {obvious: path, subtle: path}), or zip data.wrong with "
+                "data.wrong_kind"
+            )
 
 
 def load_sweep_resource(name: str = "demo") -> Sweep:
