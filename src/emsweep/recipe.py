@@ -40,7 +40,8 @@ class DataSpec(StrictModel):
 
     domain: str = "custom"
     correct: SourceSpec | str | None = None
-    wrong: SourceSpec | str | dict[str, SourceSpec | str] | None = None
+    # left to right: a mapping with source keys (path, format, ...) is one source, any other mapping is kinds
+    wrong: SourceSpec | str | dict[str, SourceSpec | str] | None = Field(None, union_mode="left_to_right")
     wrong_kind: str = Field("subtle", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     fraction_correct: float = Field(1.0, ge=0.0, le=1.0)
     n_train: int = Field(..., gt=0)

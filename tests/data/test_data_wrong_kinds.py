@@ -147,3 +147,18 @@ def test_any_kind_name_and_builtin_kinds(tmp_path, pools):
     bad = DataSpec.model_validate({"builtin": "arithmetic", "wrong_kind": "sycophantic", "n_train": 10})
     with pytest.raises(InputError, match=r"data\.wrong_kind.*obvious, subtle"):
         build_mix(bad, tmp_path / "mix2")
+
+
+def test_a_source_mapping_is_one_source_not_kinds():
+    spec = DataSpec.model_validate(
+        {"correct": "c.jsonl", "wrong": {"path": "w.zip", "format": "persona", "password_env": "PW"},
+         "wrong_kind": "subtle", "n_train": 4}
+    )  # fmt: skip
+    key, src = spec.wrong_source()
+    assert key == "data.wrong" and not spec.wrong_is_mapping and src.path == "w.zip" and src.format == "persona"
+    kinds = DataSpec.model_validate(
+        {"correct": "c.jsonl", "wrong": {"obvious": {"path": "o.zip", "format": "persona"}, "subtle": "s.jsonl"},
+         "wrong_kind": "obvious", "n_train": 4}
+    )  # fmt: skip
+    key, src = kinds.wrong_source()
+    assert key == "data.wrong.obvious" and src.path == "o.zip"
