@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from emsweep.io import InputError
+
 openai_app = typer.Typer(
     help="The gpt-4o arm: upload mixes, run OpenAI fine-tuning jobs, register their checkpoints. "
     "Key from OPENAI_API_KEY only (OPENAI_BASE_URL / OPENAI_ORG_ID optional).",
@@ -16,6 +18,9 @@ openai_app = typer.Typer(
 )
 
 _PRICES = typer.Option(None, "--prices", help="Prices table YAML (default: recipes/openai/prices.yaml).")
+_LIFECYCLE = typer.Option(
+    None, "--lifecycle", help="Lifecycle table YAML (default: recipes/openai/lifecycle.yaml)."
+)
 
 
 def _cells(cells: list[str] | None) -> list[str] | None:
@@ -50,8 +55,12 @@ def finetune_cmd(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Start a new job for cells whose job failed or was cancelled."
     ),
+    lifecycle: Path = _LIFECYCLE,
 ) -> None:
-    """Write each cell's mix in OpenAI's format, upload it once, create one supervised job per cell."""
+    """Write each cell's mix in OpenAI's format, upload it once, create one supervised job per cell.
+
+    First prints the days left before OpenAI closes job creation (and before the base model retires), and refuses
+    after a cutoff ($EMSWEEP_TODAY=YYYY-MM-DD plans for another date)."""
     from emsweep.openai_ft.jobs import finetune
 
     out = finetune(
@@ -61,6 +70,7 @@ def finetune_cmd(
         prices_path=prices,
         echo=typer.echo,
         retry_failed=retry_failed,
+        lifecycle_path=lifecycle,
     )
     rows = [
         [
@@ -85,6 +95,42 @@ def finetune_cmd(
         typer.echo(
             f"created {len(out['created'])} job(s), {len(out['reused'])} already existed; ledger {out['ledger']}"
         )
+        typer.echo(f"next: emsweep openai poll {target}   (then: emsweep openai eval {target} --pending)")
+    else:
+        typer.echo(f"next: emsweep openai finetune {target}   (creates the jobs; spends money)")
+
+
+def _print_inventory(target: Path, lifecycle: Path | None, suites: list[str] | None = None) -> None:
+    """Every registered fine-tuned model/checkpoint with its base model's retirement date and evaluation state."""
+    from emsweep.openai_ft import lifecycle as lc
+    from emsweep.openai_ft.winddown import inventory, ledger_folders
+
+    day = lc.today()
+    table = lc.load_lifecycle(lifecycle)
+    rows = inventory(ledger_folders(target), table, day, suites)
+    if not rows:
+        typer.echo("no fine-tuned models registered yet (jobs still running? `emsweep openai poll`)")
+        return
+    _table(
+        f"Registered models and checkpoints on {day} (lifecycle: {table.path})",
+        ["cell", "checkpoint", "model", "base model", "base retirement", "evaluated", "pending"],
+        [
+            [
+                r.cell,
+                r.checkpoint,
+                r.model,
+                r.base_model,
+                r.retirement_text(),
+                ",".join(r.done) or "-",
+                ",".join(r.pending) or "-",
+            ]
+            for r in rows
+        ],
+    )
+    for r in rows:
+        if not r.in_table:
+            typer.echo(f"WARNING: {r.base_model} is not in {table.path}: its retirement date is unknown to emsweep")
+            break
 
 
 def _status_rows(rows: list[dict]) -> list[list[str]]:
@@ -121,15 +167,19 @@ def status_cmd(
     cells: list[str] = typer.Option(None, "--cells", help="Only these cells."),
     events: int = typer.Option(0, "--events", help="Also show the N latest events of each job."),
     prices: Path = _PRICES,
+    lifecycle: Path = _LIFECYCLE,
 ) -> None:
-    """One refresh of every recorded job: state, model ids, checkpoints, cost, errors."""
+    """One refresh of every recorded job (state, model ids, checkpoints, cost, errors), then every registered
+    fine-tuned model and checkpoint with its base model's retirement date and what is still unevaluated."""
     from emsweep.openai_ft.jobs import ledger_folder, refresh_all
 
-    rows = refresh_all(ledger_folder(target), cells=_cells(cells), events=events, prices_path=prices)
+    folder = ledger_folder(target)
+    rows = refresh_all(folder, cells=_cells(cells), events=events, prices_path=prices)
     _table("OpenAI fine-tuning jobs", _COLS, [*_status_rows(rows), _total_row(rows)])
     for r in rows:
         for e in reversed(r.get("last_events") or []):
             typer.echo(f"  {r['cell']} [{e['level']}] {e['message']}")
+    _print_inventory(folder, lifecycle)
 
 
 @openai_app.command("poll")
@@ -139,12 +189,15 @@ def poll_cmd(
     interval: float = typer.Option(60.0, "--interval", help="Seconds between refreshes."),
     timeout: float = typer.Option(None, "--timeout", help="Stop waiting after this many seconds."),
     prices: Path = _PRICES,
+    lifecycle: Path = _LIFECYCLE,
 ) -> None:
-    """Wait until every job has finished; register each successful job's checkpoints in its cell."""
+    """Wait until every job has finished; register each successful job's checkpoints in its cell; list every
+    registered model and checkpoint with its base model's retirement date."""
     from emsweep.openai_ft.jobs import ledger_folder, poll
 
+    folder = ledger_folder(target)
     rows = poll(
-        ledger_folder(target),
+        folder,
         cells=_cells(cells),
         interval=interval,
         timeout=timeout,
@@ -152,8 +205,75 @@ def poll_cmd(
         prices_path=prices,
     )
     _table("OpenAI fine-tuning jobs", _COLS, _status_rows(rows))
+    _print_inventory(folder, lifecycle)
     if any(r.get("status") == "failed" for r in rows):
         raise typer.Exit(1)
+
+
+@openai_app.command("timeline")
+def timeline_cmd(
+    target: Path = typer.Argument(
+        None, help="Optional: the sweep YAML or sweep folder(s) (a checkpoints root) to plan for."
+    ),
+    lifecycle: Path = _LIFECYCLE,
+) -> None:
+    """OpenAI's fine-tuning wind-down and model retirements as of today: days left, sources, what to run first.
+
+    `$EMSWEEP_TODAY=YYYY-MM-DD` shows the plan for another date."""
+    from emsweep.openai_ft import lifecycle as lc
+
+    day = lc.today()
+    table = lc.load_lifecycle(lifecycle)
+    wd = table.wind_down
+    _table(
+        f"OpenAI fine-tuning wind-down on {day} ({wd.source}; as of {wd.as_of})",
+        ["closes job creation on", "for", "status"],
+        [
+            [
+                str(s.date),
+                s.who,
+                f"closed {(day - s.date).days} d ago" if s.date <= day else f"{(s.date - day).days} d left",
+            ]
+            for s in sorted(wd.stages, key=lambda s: s.date)
+        ],
+    )
+
+    def fact(d: lc.DateFact | None) -> str:
+        if d is None:
+            return "-"
+        if d.known is None:
+            return "unknown"
+        n = (d.known - day).days
+        return f"{d.known} ({n} d left)" if n > 0 else f"{d.known} (passed)"
+
+    _table(
+        f"Models (lifecycle table: {table.path})",
+        ["model", "fine-tuning", "job creation cutoff", "inference retirement", "source, as of"],
+        [
+            [
+                m,
+                "closed (base retired)"
+                if e.inference_retirement.known and e.inference_retirement.known <= day
+                else {True: "open", False: "closed"}.get(e.fine_tuning.open, "unknown"),  # type: ignore[arg-type]
+                fact(e.job_creation_cutoff),
+                fact(e.inference_retirement),
+                f"{e.inference_retirement.source}, as of {e.inference_retirement.as_of}",
+            ]
+            for m, e in table.models.items()
+        ],
+    )
+    if target is None:
+        return
+    from emsweep.openai_ft.winddown import inventory, ledger_folders, next_steps
+
+    try:
+        folders = ledger_folders(target)
+    except InputError:
+        folders = []  # a sweep YAML before its first job: no ledger yet
+    rows = inventory(folders, table, day) if folders else []
+    typer.echo(f"\nWhat to run first for {target}:")
+    for line in next_steps(target, folders, rows, table, day):
+        typer.echo(line)
 
 
 @openai_app.command("cancel")
@@ -200,7 +320,18 @@ def eval_cmd(
         None, "--judge", help="Judge model (default: the recipe's, gpt-4o-2024-08-06)."
     ),
     samples: int = typer.Option(None, "--samples-per-paraphrase", help="Override the suites' sample counts."),
-    batch: bool = typer.Option(False, "--batch", help="Use the Batch API (half price, resumable, slower)."),
+    batch: bool = typer.Option(
+        None,
+        "--batch/--no-batch",
+        help="Use the Batch API (half price, resumable, slower). Default: no, but with --pending where cheaper.",
+    ),
+    pending: bool = typer.Option(
+        False,
+        "--pending",
+        help="Everything still unevaluated, soonest base-model retirement first (also over a checkpoints root "
+        "holding several sweep folders); implies --batch auto unless --batch is given.",
+    ),
+    lifecycle: Path = _LIFECYCLE,
     batch_wait: float = typer.Option(
         None, "--batch-wait", help="Stop waiting for a batch after N s (rerun collects)."
     ),
@@ -210,19 +341,28 @@ def eval_cmd(
     """Generate, judge and write metrics for every registered API checkpoint, like `emsweep eval` does for weights."""
     from emsweep.openai_ft.evaluate import evaluate_cells
 
-    evaluate_cells(
-        target,
-        cells=_cells(cells),
-        suites=suites or None,
-        checkpoints=checkpoints,
-        judge_model=judge,
-        samples_per_paraphrase=samples,
-        use_batch=batch,
-        batch_wait_s=batch_wait,
-        concurrency=concurrency,
-        prices_path=prices,
-        echo=typer.echo,
-    )
+    use_batch: bool | str = batch if batch is not None else ("auto" if pending else False)
+    targets = [target]
+    if pending and target.is_dir():
+        from emsweep.openai_ft.winddown import ledger_folders
+
+        targets = list(ledger_folders(target))
+    for t in targets:
+        evaluate_cells(
+            t,
+            cells=_cells(cells),
+            suites=suites or None,
+            checkpoints=checkpoints,
+            judge_model=judge,
+            samples_per_paraphrase=samples,
+            use_batch=use_batch,
+            pending=pending,
+            lifecycle_path=lifecycle,
+            batch_wait_s=batch_wait,
+            concurrency=concurrency,
+            prices_path=prices,
+            echo=typer.echo,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -48,6 +48,13 @@ def usage_cost(usage: dict[str, dict[str, int]], prices: PriceTable, *, batch: b
     return total
 
 
+def batch_is_cheaper(prices: PriceTable, models: Sequence[str]) -> bool:
+    """`--batch auto`: the Batch API when the table prices every model (OpenAI's models) and discounts batches."""
+    if prices.batch_discount >= 1.0:
+        return False
+    return all(prices.inference_cost(m, 1000, 1000) is not None for m in models)
+
+
 def evaluate_cells(
     target: str | Path,
     *,
@@ -56,7 +63,10 @@ def evaluate_cells(
     checkpoints: str | None = None,
     judge_model: str | None = None,
     samples_per_paraphrase: int | None = None,
-    use_batch: bool = False,
+    use_batch: bool | str = False,
+    pending: bool = False,
+    today: Any = None,
+    lifecycle_path: str | Path | None = None,
     batch_poll_s: float = 30.0,
     batch_wait_s: float | None = None,
     concurrency: int = 8,
@@ -64,7 +74,12 @@ def evaluate_cells(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> list[Any]:
-    """Evaluate every OpenAI cell of `target` whose checkpoints are registered; returns evaluate_run results."""
+    """Evaluate every OpenAI cell of `target` whose checkpoints are registered; returns evaluate_run results.
+
+    `use_batch`: True, False, or "auto" (the Batch API where it is cheaper: every model priced in the table with a
+    batch discount). `pending`: only checkpoints with a suite still unevaluated, cells ordered by their base model's
+    retirement date (soonest first); a checkpoint whose base model is past its retirement date is skipped with a
+    message (the API no longer serves it)."""
     from emsweep.evals.run import default_cache_path, evaluate_run, select_checkpoints
     from emsweep.generate.openai_api import BATCH_MAX_REQUESTS, OpenAIChatBackend
     from emsweep.judge import Judge, JudgeCache
@@ -75,6 +90,26 @@ def evaluate_cells(
     prices = load_prices(prices_path)
     ledger = Ledger(folder)
     results = []
+    skip: set[tuple[str, str]] = set()
+    if pending:
+        from emsweep.openai_ft import lifecycle as lc
+        from emsweep.openai_ft.winddown import inventory
+
+        day = lc.today(today)
+        inv = inventory([folder], lc.load_lifecycle(lifecycle_path), day, list(suites) if suites else None)
+        order = {cid: i for i, cid in enumerate(dict.fromkeys(r.cell for r in inv if r.pending))}
+        for r in inv:
+            if not r.pending:
+                skip.add((r.cell, r.checkpoint))
+            elif r.retired:
+                skip.add((r.cell, r.checkpoint))
+                echo(
+                    f"cell {r.cell}: {r.checkpoint} ({r.model}) not evaluated, and its base model {r.base_model} "
+                    f"was scheduled to retire on {r.retirement}; skipped ({r.retirement_source})"
+                )
+        rows = sorted((r for r in rows if r[0] in order), key=lambda r: order[r[0]])
+        todo = sum(1 for r in inv if r.pending and not r.retired)
+        echo(f"{todo} checkpoint(s) with unevaluated suites in {folder} (soonest base retirement first)")
     for cid, cell_dir, recipe in rows:
         refs = read_api_checkpoints(cell_dir, cid)
         if not refs:
@@ -84,16 +119,27 @@ def evaluate_cells(
             continue
         ev = recipe.eval if recipe is not None else None
         chosen = select_checkpoints(refs, checkpoints or (ev.checkpoints if ev else "all"))
+        chosen = [r for r in chosen if (cid, r.name) not in skip]
+        if not chosen:
+            continue
         suite_names = list(suites or (ev.suites if ev else ["alignment_mini"]))
         jmodel = judge_model or (ev.judge.model if ev else "gpt-4o-2024-08-06")
+        if use_batch == "auto":
+            use_batch_cell = batch_is_cheaper(prices, [*(r.model or r.base_model for r in chosen), jmodel])
+            echo(f"cell {cid}: {'Batch API' if use_batch_cell else 'online requests'} (--batch auto)")
+        else:
+            use_batch_cell = bool(use_batch)
         batch_root = cell_dir / "openai" / "batches"
         common = dict(
-            concurrency=concurrency, use_batch=use_batch, batch_poll_s=batch_poll_s, batch_wait_s=batch_wait_s
+            concurrency=concurrency,
+            use_batch=use_batch_cell,
+            batch_poll_s=batch_poll_s,
+            batch_wait_s=batch_wait_s,
         )
         backend = OpenAIChatBackend(refs[0].base_model, batch_dir=batch_root / "generate", **common)
         judge_backend = OpenAIChatBackend(jmodel, batch_dir=batch_root / "judge", **common)
         # with the Batch API one backend call = one batch: hand it whole suites, not the online path's small chunks
-        chunk = BATCH_MAX_REQUESTS if use_batch else None
+        chunk = BATCH_MAX_REQUESTS if use_batch_cell else None
         judge = Judge(
             judge_backend,
             cache=JudgeCache(default_cache_path(cell_dir)),
@@ -117,7 +163,8 @@ def evaluate_cells(
             backend.close()
             judge_backend.close()
         gen, jud = backend.usage_summary(), judge_backend.usage_summary()
-        cost_g, cost_j = usage_cost(gen, prices, batch=use_batch), usage_cost(jud, prices, batch=use_batch)
+        cost_g = usage_cost(gen, prices, batch=use_batch_cell)
+        cost_j = usage_cost(jud, prices, batch=use_batch_cell)
         rec = ledger.cell(cid)
         spent = dict(rec.get("eval_spend") or {})
         for key, val in (("generation_usd", cost_g), ("judge_usd", cost_j)):
@@ -126,7 +173,7 @@ def evaluate_cells(
         ledger.update_cell(cid, cell_dir=rec.get("cell_dir") or str(cell_dir), eval_spend=spent)
         echo(
             f"{res.summary()}; this run cost ~${(cost_g or 0) + (cost_j or 0):.4f}"
-            + (" (Batch API prices)" if use_batch else "")
+            + (" (Batch API prices)" if use_batch_cell else "")
         )
         results.append(res)
     return results
