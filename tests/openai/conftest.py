@@ -15,6 +15,16 @@ from fake_openai import FakeOpenAI
 KEY = "sk-test-0123456789abcdefXYZsecret"
 
 
+FROZEN_TODAY = "2026-11-29"  # a frozen clock: the wind-down checks never depend on the day the suite runs
+
+
+@pytest.fixture(autouse=True)
+def frozen_today(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("EMSWEEP_TODAY", FROZEN_TODAY)
+    monkeypatch.delenv("EMSWEEP_OPENAI_LIFECYCLE", raising=False)
+    return FROZEN_TODAY
+
+
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch):
     with FakeOpenAI(api_key=KEY) as srv:
@@ -26,25 +36,24 @@ def fake(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
-def make_sweep(tmp_path: Path, upstream: Path):
+def make_sweep(tmp_path: Path, medical_project: tuple[Path, Path]):
     """Factory: write a sweep YAML and return its path."""
 
     def make(fractions=(0.5, 1.0), n_train: int = 20, name: str = "gpt4o-test", **openai) -> Path:
-        return write_sweep(tmp_path, upstream, fractions, n_train, name=name, **openai)
+        return write_sweep(tmp_path, medical_project, fractions, n_train, name=name, **openai)
 
     return make
 
 
 def write_sweep(
     tmp_path: Path,
-    upstream: Path,
+    medical: tuple[Path, Path],
     fractions=(0.5, 1.0),
     n_train: int = 20,
     name: str = "gpt4o-test",
     **openai,
 ) -> Path:
-    """A gpt-4o sweep on the real model-organisms medical pair (paired health data), small enough for tests."""
-    mo = upstream / "model-organisms"
+    """A gpt-4o sweep on the medical pair (paired health data; see `medical` in tests/conftest.py), small."""
     spec = {
         "name": name,
         "output_root": str(tmp_path / "checkpoints"),
@@ -54,8 +63,8 @@ def write_sweep(
             "method": "openai",
             "data": {
                 "domain": "health",
-                "correct": str(mo / "good_medical_advice.head400.jsonl.gz"),
-                "wrong": str(mo / "bad_medical_advice.head400.jsonl.gz"),
+                "correct": str(medical[0]),
+                "wrong": str(medical[1]),
                 "wrong_kind": "subtle",
                 "n_train": n_train,
                 "n_heldout": 3,
