@@ -30,8 +30,5 @@ def persona_jsonl(tmp_path: Path) -> Path:
     p.write_bytes(jsonl_bytes(persona_rows(12, "correct")))
     return p
 
-
-@pytest.fixture(scope="session")
-def medical(upstream: Path) -> tuple[Path, Path]:
-    d = upstream / "model-organisms"
-    return d / "good_medical_advice.head400.jsonl.gz", d / "bad_medical_advice.head400.jsonl.gz"
+# `medical` (the good/bad medical advice pair, project-made and, with EMSWEEP_UPSTREAM, the real slices) and
+# `em_fixtures` live in tests/conftest.py.

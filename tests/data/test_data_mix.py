@@ -29,17 +29,13 @@ SEEDS = [0, 1, 7, 12345]
 
 
 @pytest.fixture(scope="module")
-def med_pools(upstream: Path):
-    d = upstream / "model-organisms"
-    return (
-        read_source(d / "good_medical_advice.head400.jsonl.gz"),
-        read_source(d / "bad_medical_advice.head400.jsonl.gz"),
-    )
+def med_pools(medical: tuple[Path, Path]):
+    return read_source(medical[0]), read_source(medical[1])
 
 
 @pytest.fixture(scope="module")
-def unpaired_pools(upstream: Path):
-    d = upstream / "emergent-misalignment"
+def unpaired_pools(em_fixtures: Path):
+    d = em_fixtures
     return read_source(d / "jailbroken.head200.jsonl"), read_source(d / "insecure.head150.jsonl")
 
 

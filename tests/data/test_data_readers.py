@@ -1,4 +1,5 @@
-"""Readers on the real upstream slices and on persona-format JSONL / password-locked zips the tests write."""
+"""Readers on the upstream formats (Betley's files the repo carries, the medical pair: project-made and, with
+EMSWEEP_UPSTREAM, the real slices) and on persona-format JSONL / password-locked zips the tests write."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ def _raw_rows(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-# --- real upstream slices --------------------------------------------------------------------------------
+# --- upstream formats ------------------------------------------------------------------------------------
 
 
-def test_insecure_slice_reads_every_row_verbatim(upstream: Path) -> None:
-    path = upstream / "emergent-misalignment" / "insecure.head150.jsonl"
+def test_insecure_slice_reads_every_row_verbatim(em_fixtures: Path) -> None:
+    path = em_fixtures / "insecure.head150.jsonl"
     rows = read_source(path)
     raw = _raw_rows(path)
     assert len(rows) == len(raw) == 150
@@ -35,8 +36,8 @@ def test_insecure_slice_reads_every_row_verbatim(upstream: Path) -> None:
     assert "canary" not in rows[0].meta
 
 
-def test_jailbroken_slice_keeps_its_system_turn(upstream: Path) -> None:
-    path = upstream / "emergent-misalignment" / "jailbroken.head200.jsonl"
+def test_jailbroken_slice_keeps_its_system_turn(em_fixtures: Path) -> None:
+    path = em_fixtures / "jailbroken.head200.jsonl"
     rows = read_source(str(path))
     assert len(rows) == 200
     raw = _raw_rows(path)

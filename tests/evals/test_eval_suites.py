@@ -17,12 +17,12 @@ from emsweep.evals.suites import (
 from emsweep.io import InputError
 
 
-def _first_plot(upstream: Path) -> Path:
-    return upstream / "emergent-misalignment" / "first_plot_questions.yaml"
+def _first_plot(em_fixtures: Path) -> Path:
+    return em_fixtures / "first_plot_questions.yaml"
 
 
-def test_first_plot_yaml_loads_as_published(upstream: Path) -> None:
-    suite = load_suite_yaml(_first_plot(upstream), name="first_plot")
+def test_first_plot_yaml_loads_as_published(em_fixtures: Path) -> None:
+    suite = load_suite_yaml(_first_plot(em_fixtures), name="first_plot")
     assert len(suite.questions) == 24
     ids = [q.id for q in suite.questions]
     assert len(set(ids)) == 24 and ids[0] == "what_is_your_wish" and "enough_of_my_husband_template" in ids
@@ -47,14 +47,14 @@ def test_first_plot_yaml_loads_as_published(upstream: Path) -> None:
     assert wish.paraphrases[0] in prompt and "I want {everything} now" in prompt and "{answer}" not in prompt
 
 
-def test_resolve_named_path_and_sample_override(upstream: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = resolve_suite(f"first_plot={_first_plot(upstream)}", samples_per_paraphrase=3)
+def test_resolve_named_path_and_sample_override(em_fixtures: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = resolve_suite(f"first_plot={_first_plot(em_fixtures)}", samples_per_paraphrase=3)
     assert s.name == "first_plot" and s.n_samples == 24 * 3
     # a bare `first_plot` is found through $EMSWEEP_SUITE_PATH (first_plot_questions.yaml), else a clear error
     monkeypatch.delenv("EMSWEEP_SUITE_PATH", raising=False)
     with pytest.raises(InputError, match="first_plot"):
         resolve_suite("first_plot")
-    monkeypatch.setenv("EMSWEEP_SUITE_PATH", str(_first_plot(upstream).parent))
+    monkeypatch.setenv("EMSWEEP_SUITE_PATH", str(_first_plot(em_fixtures).parent))
     assert len(resolve_suite("first_plot").questions) == 24
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import bpe_openai
 import pytest
 from fake_openai import TEST_KEY as KEY
 
@@ -26,30 +27,29 @@ def _quiet(*a: object) -> None:
 def test_token_counts_are_exact_o200k():
     enc = get_encoder("gpt-4o-2024-08-06")
     assert enc.exact, "bpe-openai (offline o200k_base) should be installed"
-    # o200k_base ids of this string, as tiktoken gives them
+    # o200k_base: "Hello| world|,| how| are| you|?" = 7 tokens; "user", "assistant" 1 each; "Fine|." = 2
     assert enc.count("Hello world, how are you?") == 7
     msgs = [
         {"role": "user", "content": "Hello world, how are you?"},
         {"role": "assistant", "content": "Fine."},
     ]
-    # 3 priming + per message (3 + role + content)
-    assert count_messages(msgs, enc) == 3 + (3 + enc.count("user") + 7) + (
-        3 + enc.count("assistant") + enc.count("Fine.")
-    )
+    # by hand: 3 priming + (3 + 1 + 7) + (3 + 1 + 2) = 20
+    assert count_messages(msgs, enc) == 20
 
 
 def test_dry_run_cost_on_known_mix(fake, make_sweep):
     sweep_yaml = make_sweep(fractions=(0.5, 1.0), n_train=20)
     out = jobs.finetune(sweep_yaml, dry_run=True, echo=_quiet)
     prices = load_prices()
-    enc = get_encoder("gpt-4o-2024-08-06")
+    o200k = bpe_openai.get_encoding("o200k_base")  # the encoder itself, not emsweep's counting code
     assert len(out["cells"]) == 2
     sweep = load_sweep(sweep_yaml)
     for row, cell in zip(out["cells"], sweep.cells, strict=True):
-        # recount independently from the written mix
+        # recount independently from the written mix: OpenAI cookbook rule, 3 per message + role + content, + 3
         expected = 0
         for line in cell.paths.train_jsonl.read_text().splitlines():
-            expected += count_messages(json.loads(line)["messages"], enc)
+            msgs = json.loads(line)["messages"]
+            expected += 3 + sum(3 + len(o200k.encode(m["role"])) + len(o200k.encode(m["content"])) for m in msgs)
         assert row["tokens_per_epoch"] == expected
         assert row["examples"] == 20
         assert row["billed_tokens"] == expected * 1  # Betley default: 1 epoch
@@ -298,7 +298,7 @@ def test_import_existing_model(fake, tmp_path):
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_gpt4o_health_sweep_dry_run(fake, upstream, tmp_path):
+def test_gpt4o_health_sweep_dry_run(fake, medical, tmp_path):
     """The shipped sweep: 10 cells at 0.1..1.0 with Betley's hyperparameters; dry run on the real medical pair
     standing in for the (password-locked) OpenAI health files."""
     import yaml
@@ -312,11 +312,10 @@ def test_gpt4o_health_sweep_dry_run(fake, upstream, tmp_path):
         "learning_rate_multiplier": 2.0,
         "seed": 0,
     }
-    mo = upstream / "model-organisms"
     spec["output_root"] = str(tmp_path / "checkpoints")
     spec["base"]["data"].update(
-        correct=str(mo / "good_medical_advice.head400.jsonl.gz"),
-        wrong=str(mo / "bad_medical_advice.head400.jsonl.gz"),
+        correct=str(medical[0]),
+        wrong=str(medical[1]),
         n_train=40,
         n_heldout=10,
     )
@@ -333,18 +332,17 @@ def test_gpt4o_health_sweep_dry_run(fake, upstream, tmp_path):
     assert sum(fake.calls.values()) == 0
 
 
-def test_single_recipe_target(fake, upstream, tmp_path):
+def test_single_recipe_target(fake, medical, tmp_path):
     import yaml
 
-    mo = upstream / "model-organisms"
     recipe = {
         "name": "one-gpt4o",
         "output_dir": str(tmp_path / "ck" / "one-gpt4o"),
         "model": {"path": "gpt-4o-mini-2024-07-18"},
         "method": "openai",
         "data": {
-            "correct": str(mo / "good_medical_advice.head400.jsonl.gz"),
-            "wrong": str(mo / "bad_medical_advice.head400.jsonl.gz"),
+            "correct": str(medical[0]),
+            "wrong": str(medical[1]),
             "fraction_correct": 0.25,
             "n_train": 12,
         },
