@@ -15,6 +15,16 @@ from fake_openai import FakeOpenAI
 KEY = "sk-test-0123456789abcdefXYZsecret"
 
 
+FROZEN_TODAY = "2026-11-29"  # a frozen clock: the wind-down checks never depend on the day the suite runs
+
+
+@pytest.fixture(autouse=True)
+def frozen_today(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("EMSWEEP_TODAY", FROZEN_TODAY)
+    monkeypatch.delenv("EMSWEEP_OPENAI_LIFECYCLE", raising=False)
+    return FROZEN_TODAY
+
+
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch):
     with FakeOpenAI(api_key=KEY) as srv:
