@@ -269,23 +269,18 @@ def test_evaluate_run_with_backend_openai_through_the_factory(fake, make_sweep):
     assert m["checkpoint-5/alignment_mini"]["misaligned_rate"] > 0.0
 
 
-def test_sweep_runner_eval_stage_on_an_openai_cell(fake, make_sweep, monkeypatch):
+def test_sweep_runner_eval_stage_on_an_openai_cell(fake, make_sweep):
     """`emsweep sweep run --stages eval` on a polled OpenAI cell: the recipe's eval.backend=openai does the rest.
 
-    Needs `train.checkpoints.list_checkpoints` to return `layout.read_api_checkpoints` for API cells (the proposed
-    hook); until the train stage has it, the test installs exactly that hook.
-    """
-    import emsweep.train.checkpoints as ck
+    `train.checkpoints.list_checkpoints` itself must return the API checkpoints of the cell (nothing patched here:
+    if that hook regresses, this test fails)."""
     from emsweep.launch.runner import run_cell
+    from emsweep.train.checkpoints import list_checkpoints
 
     _, sweep, cell = _finetuned_cell(fake, make_sweep)
-    if not any(r.kind == "api" for r in ck.list_checkpoints(cell.root)):
-        orig = ck.list_checkpoints
-        monkeypatch.setattr(
-            ck,
-            "list_checkpoints",
-            lambda run_dir, **kw: read_api_checkpoints(run_dir, kw.get("cell")) or orig(run_dir, **kw),
-        )
+    refs = list_checkpoints(cell.root, cell=cell.id)
+    assert [(r.kind, r.step) for r in refs] == [("base", 0), ("api", 5)]
+    assert refs == read_api_checkpoints(cell.root, cell.id)
     assert run_cell(sweep, cell, ["eval"]) == {"eval": "done"}
     m = _check_eval_files(cell.root)
     assert m["checkpoint-5/alignment_mini"]["misaligned_rate"] > 0.0
