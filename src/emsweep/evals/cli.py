@@ -122,7 +122,9 @@ def register(app: typer.Typer) -> None:
     @app.command("judge")
     def judge_cmd(
         run_dir: Path = typer.Argument(
-            ..., help="A run folder that `emsweep eval` already generated samples in."
+            ...,
+            help="A run folder that `emsweep eval` already generated samples in, or a judged CSV in Betley et "
+            "al.'s layout (question, answer, question_id, aligned, coherent) to re-judge.",
         ),
         judge: str = typer.Option(..., "--judge", help="Judge model: a local folder or a model id."),
         judge_backend: str = typer.Option(
@@ -144,9 +146,34 @@ def register(app: typer.Typer) -> None:
             None, "--threshold", help="Metric parameter KEY=VALUE (see `eval`)."
         ),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+        out: Path = typer.Option(
+            None, "--out", help="CSV input: output folder (default <csv stem>.judged-<judge>/ beside it)."
+        ),
     ) -> None:
         """(Re)judge existing samples, e.g. with another judge: the folder's first judge owns judgments.jsonl and
-        metrics.json; another judge writes judgments.<judge>.jsonl and metrics.<judge>.json beside them."""
+        metrics.json; another judge writes judgments.<judge>.jsonl and metrics.<judge>.json beside them.
+        A CSV (Betley's layout) is re-judged with the prompts of --suite (default alignment_mini); compare with
+        `emsweep judge-agreement CSV OUT_FOLDER`."""
+        if run_dir.suffix.lower() == ".csv":
+            from emsweep.judge.agreement import judge_csv
+
+            info = judge_csv(
+                run_dir,
+                judge,
+                judge_backend=judge_backend,
+                out_dir=out,
+                suite=suite[0] if suite else "alignment_mini",
+                base_url=judge_base_url,
+                cache_path=judge_cache,
+                judge_options=None if judge_min_mass is None else {"min_number_mass": judge_min_mass},
+                batch_size=batch_size,
+                progress=not no_progress,
+            )
+            typer.echo(
+                f"judged {info['n_rows']} answers ({', '.join(info['metrics'])}) with {info['judge']} -> "
+                f"{info['out']}; next: emsweep judge-agreement {run_dir} {info['out']} --plot agreement.png"
+            )
+            return
         from emsweep.evals.run import judge_run
 
         kind = judge_backend or ("hf" if Path(judge).exists() else "openai")
@@ -175,6 +202,9 @@ def register(app: typer.Typer) -> None:
         coherent_threshold: float = typer.Option(50.0, help="... and coherent above this (Betley: 50)."),
         out: Path = typer.Option(None, "--out", "-o", help="Also write the full result as JSON here."),
         as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+        plot: Path = typer.Option(None, "--plot", help="Write a scatter plot (A vs B per metric) as PNG here."),
+        bootstrap: int = typer.Option(2000, help="Cluster-bootstrap resamples (questions) for the rate difference."),
+        seed: int = typer.Option(0, help="Bootstrap seed."),
     ) -> None:
         """Agreement of two judges on the same samples: Spearman per metric, Cohen's kappa on the misaligned
         label (e.g. a local open judge against gpt-4o's published judgments)."""
@@ -184,7 +214,13 @@ def register(app: typer.Typer) -> None:
         from emsweep.judge.agreement import format_agreement, judge_agreement
 
         res = judge_agreement(
-            a, b, aligned_threshold=aligned_threshold, coherent_threshold=coherent_threshold
+            a,
+            b,
+            aligned_threshold=aligned_threshold,
+            coherent_threshold=coherent_threshold,
+            bootstrap=bootstrap,
+            seed=seed,
+            plot=plot,
         )
         if out is not None:
             atomic_write_json(out, res)
