@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,14 +51,46 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: plain YAML keeps the last one silently, so `lr: 1e-5` written
+    twice in a recipe would run with whichever came last. Merge keys (`<<: *base`) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first on line {first}); YAML would keep only the last value: "
+                        "remove one of them",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | os.PathLike[str]) -> Any:
-    """Parse a YAML file (anchors and aliases resolved); a syntax error names the file and line."""
+    """Parse a YAML file (anchors and aliases resolved); a syntax error or a duplicate key names file and line."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: file not found")
-    text = p.read_text(encoding="utf-8")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, expected a YAML file")
     try:
-        return yaml.safe_load(text)
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -109,37 +142,91 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[s
     return tree
 
 
-def format_validation_error(
-    exc: ValidationError, source: str, lines: dict[tuple[str, ...], int] | None = None
+def override_sources(overrides: list[str] | None) -> dict[tuple[str, ...], str]:
+    """Key path -> `--set KEY=VALUE`, so an error in a value that came from the command line blames it."""
+    out: dict[tuple[str, ...], str] = {}
+    for item in overrides or []:
+        keys, _ = parse_override(item)
+        out[tuple(keys)] = f"--set {item}"
+    return out
+
+
+def blame(
+    loc: tuple[str, ...],
+    source: str,
+    lines: dict[tuple[str, ...], int] | None = None,
+    overrides: dict[tuple[str, ...], str] | None = None,
 ) -> str:
-    """One line per problem: `file:line: key.path: message`."""
+    """Where the value at key path `loc` came from: a `--set`, else `file:line` (nearest key above it), else file."""
+    for keys, text in (overrides or {}).items():
+        n = min(len(keys), len(loc))
+        if n and keys[:n] == loc[:n]:  # one is a prefix of the other
+            return text
+    if lines:
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in lines:
+                return f"{source}:{lines[loc[:n]]}"
+    return source
+
+
+def format_problems(
+    problems: list[tuple[tuple[str, ...], str]],
+    source: str,
+    lines: dict[tuple[str, ...], int] | None = None,
+    overrides: dict[tuple[str, ...], str] | None = None,
+) -> str:
+    """One line per problem: `file:line: key.path: message` (or `--set K=V: key.path: message`)."""
+    out = []
+    for loc, msg in problems:
+        out.append(f"{blame(loc, source, lines, overrides)}: {'.'.join(loc) or '<root>'}: {msg}")
+    return "\n".join(dict.fromkeys(out))
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[tuple[str, ...], str]]:
     out = []
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
-        line = None
-        if lines:
-            for n in range(len(loc), 0, -1):
-                if loc[:n] in lines:
-                    line = lines[loc[:n]]
-                    break
-        where = f"{source}:{line}" if line else source
-        key = ".".join(loc) or "<root>"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check spelling; see the recipe reference in README)"
-        out.append(f"{where}: {key}: {msg}")
-    return "\n".join(out)
+        out.append((loc, msg))
+    return out
 
 
-def validate(model: type[M], data: Any, source: str, lines: dict[tuple[str, ...], int] | None = None) -> M:
+def format_validation_error(
+    exc: ValidationError,
+    source: str,
+    lines: dict[tuple[str, ...], int] | None = None,
+    overrides: dict[tuple[str, ...], str] | None = None,
+) -> str:
+    """One line per problem: `file:line: key.path: message`."""
+    return format_problems(validation_problems(exc), source, lines, overrides)
+
+
+def validate(
+    model: type[M],
+    data: Any,
+    source: str,
+    lines: dict[tuple[str, ...], int] | None = None,
+    overrides: dict[tuple[str, ...], str] | None = None,
+) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise InputError(format_validation_error(exc, source, lines)) from None
+        raise InputError(format_validation_error(exc, source, lines, overrides)) from None
 
 
-def load_config(path: str | os.PathLike[str], model: type[M], overrides: list[str] | None = None) -> M:
-    """Load YAML `path`, apply `--set` overrides, validate against `model`; errors name file, line and key."""
+def load_config(
+    path: str | os.PathLike[str],
+    model: type[M],
+    overrides: list[str] | None = None,
+    check: Callable[[M], list[tuple[tuple[str, ...], str]]] | None = None,
+) -> M:
+    """Load YAML `path`, apply `--set` overrides, validate against `model`; errors name file, line and key.
+
+    `check(obj)` returns further problems `(key path, message)` (e.g. the passthrough sections), blamed the same
+    way: on the `--set` that gave the value, else on the file and line.
+    """
     p = Path(path)
     data = load_yaml(p)
     if data is None:
@@ -147,7 +234,14 @@ def load_config(path: str | os.PathLike[str], model: type[M], overrides: list[st
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     data = apply_overrides(data, overrides)
-    return validate(model, data, str(p), _key_lines(p.read_text(encoding="utf-8")))
+    lines = _key_lines(p.read_text(encoding="utf-8"))
+    sources = override_sources(overrides)
+    obj = validate(model, data, str(p), lines, sources)
+    if check is not None:
+        problems = check(obj)
+        if problems:
+            raise InputError(format_problems(problems, str(p), lines, sources))
+    return obj
 
 
 def check_passthrough_keys(section: dict[str, Any], allowed: set[str], where: str, target: str) -> None:

@@ -21,9 +21,44 @@ class InputError(ValueError):
     """Bad user input. The message names the file (and line or key) and says what to fix."""
 
 
+def _umask() -> int:
+    """The process umask: from /proc (thread-safe) where there is one, else by setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """fsync a folder so a rename into it survives a node crash (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and Windows) do not fsync folders
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside `path`; rename it onto `path` only if the block finishes without error."""
+def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block finishes without error.
+
+    Durable and readable: the temp file is fsynced before the rename and the folder after it, so a done-marker
+    written after its data can never survive a crash that the data did not; the file gets `0o666 & ~umask`
+    (mkstemp's 600 would hide results from collaborators on a shared cluster), or `mode` if given.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -31,7 +66,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, mode if mode is not None else 0o666 & ~_umask())
+            _fsync_file(tmp_path)
         os.replace(tmp_path, target)
+        fsync_dir(target.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -76,11 +115,31 @@ def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    new = not p.exists()
     with open(p, "a", encoding="utf-8") as fh:
         for row in rows:
             fh.write(jsonl_line(row))
         fh.flush()
         os.fsync(fh.fileno())
+    if new:
+        fsync_dir(p.parent)
+
+
+def atomic_savefig(fig: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """`fig.savefig` through the atomic path (the format comes from the target's suffix, not the temp name)."""
+    target = Path(path)
+    kwargs.setdefault("format", target.suffix.lstrip(".") or "png")
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, **kwargs)
+    return target
+
+
+def atomic_to_csv(df: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """`DataFrame.to_csv` through the atomic path."""
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **kwargs)
+    return Path(path)
 
 
 def open_text(path: str | os.PathLike[str]):

@@ -193,5 +193,10 @@ class Recipe(StrictModel):
 
 
 def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Recipe:
-    """Load and validate a recipe YAML; relative source/model paths stay as written (resolved from the cwd)."""
-    return load_config(path, Recipe, overrides)
+    """Load and validate a recipe YAML; relative source/model paths stay as written (resolved from the cwd).
+
+    The passthrough sections (sft/lora/quantization/eval.sampling) are checked here too, so a bad value is an
+    error naming file:line (or the `--set`) before any data or model is touched."""
+    from emsweep.passthrough import recipe_problems
+
+    return load_config(path, Recipe, overrides, check=recipe_problems)

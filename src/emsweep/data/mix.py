@@ -36,7 +36,16 @@ from typing import Any
 from emsweep.data.builtin import MIN_MIX_POOL, builtin_pools, pool_digest
 from emsweep.data.conversation import Conversation
 from emsweep.data.readers import as_source_spec, detect_format, read_source
-from emsweep.io import InputError, atomic_write_json, atomic_write_text, jsonl_line, sha256_file, sha256_text
+from emsweep.io import (
+    InputError,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+    jsonl_line,
+    sha256_file,
+    sha256_text,
+)
+from emsweep.lock import locked_stage
 from emsweep.recipe import DataSpec, SourceSpec
 
 log = logging.getLogger(__name__)
@@ -355,6 +364,7 @@ def _spec_dump(spec: DataSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
+@locked_stage("mix", "out_dir")  # two `data mix` (or a sweep and a user) on one folder: one writes, one reuses
 def _write_mix(spec: DataSpec, pools: Pools, out_dir: Path, force: bool) -> dict[str, Any]:
     from emsweep import __version__
 
@@ -446,6 +456,9 @@ def _write_mix(spec: DataSpec, pools: Pools, out_dir: Path, force: bool) -> dict
                 f"{existing}: {out_dir} already holds a different mix (its spec, sources or outputs differ); "
                 "choose another --out, or pass --force (force=True) to replace it"
             )
+    if existing.exists():  # --force: the old manifest goes first, so no crash leaves it vouching for new data
+        existing.unlink()
+        fsync_dir(out_dir)
     atomic_write_text(out_dir / "train.jsonl", train_text)
     atomic_write_text(out_dir / "heldout.jsonl", held_text)
     atomic_write_json(existing, manifest)  # last: a manifest means the mix is complete

@@ -36,13 +36,16 @@ from pydantic import Field, ValidationError, field_validator
 from emsweep.config import (
     StrictModel,
     _key_lines,
+    blame,
     format_validation_error,
     get_path,
     load_yaml,
     set_path,
+    validation_problems,
 )
 from emsweep.io import InputError, atomic_write_json, dumps_json, is_done
 from emsweep.layout import CellPaths
+from emsweep.passthrough import recipe_problems
 from emsweep.recipe import Recipe
 
 STAGES: tuple[str, ...] = ("mix", "train", "eval")
@@ -293,8 +296,14 @@ def build_sweep(
         base = load_yaml(bp)
         if not isinstance(base, dict):
             raise InputError(f"{where('base')}: base recipe {bp} is not a mapping")
+        base_src: tuple[str, dict[tuple[str, ...], int], tuple[str, ...]] = (
+            str(bp),
+            _key_lines(bp.read_text(encoding="utf-8")),
+            (),
+        )
     else:
         base = copy.deepcopy(spec.base)
+        base_src = (source, lines, ("base",))
     base.setdefault("name", spec.name)
 
     # axes: each plain axis is a group of one key; each zip entry is one group of several keys
@@ -351,20 +360,13 @@ def build_sweep(
             set_path(tree, ks, v)
         try:
             recipe = Recipe.model_validate(tree)
+            # passthrough sections (sft/lora/quantization/sampling) too: a bad axis value fails here, not at
+            # train time after the mix (each distinct section is checked once, so big grids stay quick)
+            problems = recipe_problems(recipe)
         except ValidationError as exc:
-            msgs = []
-            for err in exc.errors():
-                loc = ".".join(str(x) for x in err["loc"])
-                axis = next((k for k in values if loc == k or loc.startswith(k + ".")), None)
-                axis = axis or next((k for k in values if k.startswith(loc + ".") or loc == k), None)
-                msg = err["msg"]
-                if err["type"] == "extra_forbidden":
-                    msg = "unknown recipe key (check spelling against the Recipe reference)"
-                if axis:
-                    msgs.append(f"{where('axes', axis)}: axes.{axis}={values[axis]!r}: {loc}: {msg}")
-                else:
-                    msgs.append(f"{source}: base recipe: {loc}: {msg}")
-            raise InputError("\n".join(dict.fromkeys(msgs))) from None
+            problems = validation_problems(exc)
+        if problems:
+            raise InputError(_blame_cell(problems, values, spec, where, source, base_src)) from None
         cid = cell_id(recipe, values)
         recipe = recipe.model_copy(update={"output_dir": str(root / cid), "name": f"{spec.name}-{cid}"})
         cells.append(Cell(index=index, id=cid, values=values, recipe=recipe, root=root / cid))
@@ -413,6 +415,32 @@ def _check_wrong_kind_axis(cells: list[Cell], groups: list[tuple[list[str], Any]
                 "mapping kind -> file (data.wrong: {obvious: path, subtle: path}), or zip data.wrong with "
                 "data.wrong_kind"
             )
+
+
+def _blame_cell(
+    problems: list[tuple[tuple[str, ...], str]],
+    values: dict[str, Any],
+    spec: SweepSpec,
+    where: Any,
+    source: str,
+    base_src: tuple[str, dict[tuple[str, ...], int], tuple[str, ...]],
+) -> str:
+    """One line per problem, blamed on the axis (or `set:` entry) that gave the value, else the base recipe line."""
+    msgs = []
+    for loc, msg in problems:
+        key = ".".join(loc)
+        if msg.startswith("unknown key"):
+            msg = "unknown recipe key (check spelling against the Recipe reference)" + msg[len("unknown key") :]
+        axis = next((k for k in values if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+        setk = next((k for k in spec.set if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+        if axis:
+            msgs.append(f"{where('axes', axis)}: axes.{axis}={values[axis]!r}: {key}: {msg}")
+        elif setk:
+            msgs.append(f"{where('set', setk)}: set.{setk}={spec.set[setk]!r}: {key}: {msg}")
+        else:
+            bsource, blines, prefix = base_src
+            msgs.append(f"{blame((*prefix, *loc), bsource, blines)}: base recipe: {key}: {msg}")
+    return "\n".join(dict.fromkeys(msgs))
 
 
 def load_sweep_resource(name: str = "demo") -> Sweep:

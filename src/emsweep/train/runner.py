@@ -16,6 +16,7 @@ What this module adds on top of TRL, and why:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import inspect
@@ -581,6 +582,22 @@ def run_training(
         )
     resolved = validate_recipe_for_training(recipe)  # every key checked before anything is written
 
+    from emsweep.lock import main_rank, stage_lock
+
+    # one trainer per run folder: a second `emsweep train` waits, then finds the marker and skips (rank 0 locks)
+    with stage_lock(run_dir, STAGE) if main_rank() else contextlib.nullcontext():
+        return _run_training_locked(recipe, paths, resolved, resume=resume, extra_callbacks=extra_callbacks)
+
+
+def _run_training_locked(
+    recipe: Recipe,
+    paths: CellPaths,
+    resolved: dict[str, Any],
+    *,
+    resume: bool,
+    extra_callbacks: list[Any] | None,
+) -> Path:
+    run_dir = paths.root
     if is_done(run_dir, STAGE):
         if resume:
             log.info("%s: training already done (marker .done/train.json); skipping", run_dir)
