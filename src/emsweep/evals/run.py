@@ -45,7 +45,6 @@ from emsweep.io import (
 from emsweep.layout import CellPaths, CheckpointRef
 
 log = logging.getLogger(__name__)
-from emsweep.lock import locked_stage
 
 PRIMARY_JUDGMENTS = "judgments.jsonl"
 SUITE_FILE = "suite.yaml"
@@ -349,66 +348,6 @@ def evaluate_run(
     thresholds: MetricParams | dict[str, Any] | None = None,
     recipe: Any = None,
     cell: str | None = None,
-@dataclass
-class EvalOptions:
-    """What `evaluate_run` may be told; anything left None comes from the run's recipe (`eval:`), then defaults.
-
-    The judge: `judge` (a JudgeSpec) or the shortcuts `judge_model` / `judge_backend` / `judge_base_url` /
-    `judge_options` (min_number_mass, max_pruned_mass, top_k) that override the recipe's `eval.judge`."""
-
-    checkpoints: str | Sequence[int] | Sequence[CheckpointRef] | None = None
-    backend_kind: str | None = None
-    base_model: str | None = None
-    base_url: str | None = None
-    judge: Any = None  # emsweep.recipe.JudgeSpec
-    judge_model: str | None = None
-    judge_backend: str | None = None
-    judge_base_url: str | None = None
-    judge_cache: str | os.PathLike[str] | None = None
-    judge_options: dict[str, Any] | None = None
-    sampling: SamplingSpec | dict[str, Any] | None = None
-    samples_per_paraphrase: int | None = None
-    batch_size: int | None = None
-    thresholds: MetricParams | dict[str, Any] | None = None
-    cell: str | None = None
-    chunk_size: int = DEFAULT_CHUNK
-    progress: bool = True
-
-    @classmethod
-    def of(cls, options: EvalOptions | None, kwargs: dict[str, Any]) -> EvalOptions:
-        """`options` with keyword overrides (the keyword form callers used before EvalOptions)."""
-        known = set(cls.__dataclass_fields__)
-        bad = sorted(set(kwargs) - known)
-        if bad:
-            raise TypeError(f"evaluate_run() got unexpected keyword argument(s) {bad}; EvalOptions has {sorted(known)}")
-        from dataclasses import replace
-
-        return replace(options or cls(), **kwargs)
-
-
-@dataclass
-class _Judging:
-    """The judge of one call: the panel, its display name and id (the id decides which files it owns)."""
-
-    panel: JudgePanel
-    display: str
-    id: str
-    own: bool
-
-    @property
-    def slug(self) -> str:
-        return f"{judge_slug(self.display)}-{self.id[:8]}"
-
-
-def _open_judging(judge: Any, spec: Any, cache: Path, batch_size: int | None, progress: bool, chunk: int | None):
-    if judge is not None:
-        panel = as_panel(judge)
-        return _Judging(panel, panel.display, panel.identity.id, own=False)
-    panel = build_judge(spec, cache_path=cache, batch_size=batch_size, progress=progress, chunk_size=chunk)
-    return _Judging(panel, panel.display, panel.identity.id, own=True)
-
-
-@locked_stage("eval", "run_dir")  # two evals of one run: one does the work, the other reuses it
     chunk_size: int = DEFAULT_CHUNK,
     progress: bool = True,
 ) -> EvalResult:
@@ -752,7 +691,6 @@ def _write_metrics(u: _Unit, jid: str, cell: str, params: MetricParams, backend_
         exact=exact,
     )
     path = _metrics_path(u.dir, jid)
-@locked_stage("eval", "run_dir")  # two evals of one run: one does the work, the other reuses it
     atomic_write_json(path, m.model_dump(mode="json"))
     return path
 
