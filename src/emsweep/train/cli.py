@@ -72,7 +72,21 @@ def train_cmd(
     typer.echo(str(out))
 
 
+def check_accelerate_cmd(
+    configs: list[Path] = typer.Argument(..., help="accelerate config YAMLs (see recipes/accelerate/)."),
+) -> None:
+    """Check accelerate configs before a multi-GPU launch: each parses with accelerate's loader, names only settings
+    accelerate knows, and its backend (DeepSpeed, FSDP2, DDP) is installed here; if not, says which extra to install.
+    """
+    from emsweep.train.accelerate_check import check_accelerate_config
+
+    for path in configs:
+        info = check_accelerate_config(path)
+        typer.echo(f"{path!s:40s} {info.distributed_type:10s} {info.backend:9s} ok")
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
     app.add_typer(model_app, name="model")
     app.command("train")(train_cmd)
+    app.command("check-accelerate")(check_accelerate_cmd)
