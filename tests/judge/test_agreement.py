@@ -273,7 +273,7 @@ def test_judge_cli_on_a_csv_with_a_tiny_hf_model(tmp_path):
     from emsweep.train.model_init import init_model
 
     model = init_model("tiny", tmp_path / "tiny", seed=0)
-    rows, _ = _reference_and_truth(n_questions=2, per_q=2)
+    rows, _ = _reference_and_truth(n_questions=2, per_q=1)
     ref = _betley_csv(tmp_path / "ref.csv", rows)
     runner = CliRunner()
     r = runner.invoke(app, ["judge", str(ref), "--judge", str(model), "--judge-min-mass", "0", "--no-progress"])

@@ -533,6 +533,7 @@ def judge_csv(
     with the evaluation stage's factory, re-judge the CSV, keep a judgment cache in the output folder."""
     from emsweep.evals.run import make_judge
 
+    read_betley_csv(csv_path)  # bad input fails here, before a judge model is loaded
     out = Path(out_dir) if out_dir is not None else default_out_dir(csv_path, judge_model)
     kind = judge_backend or ("hf" if Path(judge_model).exists() else "openai")
     judge = make_judge(
