@@ -290,3 +290,21 @@ def test_judge_cli_on_a_csv_with_a_tiny_hf_model(tmp_path):
     bad = _betley_csv(tmp_path / "bad.csv", [["q", "a", "q0", "abc", "50"]])
     r = runner.invoke(app, ["judge", str(bad), "--judge", str(model)])
     assert r.exit_code != 0 and "row 1" in (r.output + str(r.exception))
+
+
+def test_shipped_judge_recipes_validate(tmp_path):
+    """Every recipes/judges/*.yaml is a valid `eval.judge` section that fits one node (tensor parallel <= 8)."""
+    from pathlib import Path
+
+    from emsweep.judge.agreement import load_judge_recipe
+
+    found = sorted((Path(__file__).resolve().parents[2] / "recipes" / "judges").glob("*.yaml"))
+    assert found
+    for p in found:
+        spec = load_judge_recipe(p)
+        assert spec.backend in ("vllm", "hf") and spec.model
+        assert spec.engine.get("tensor_parallel_size", 1) <= 8
+    bad = tmp_path / "j.yaml"
+    bad.write_text("model: x\nbackend: vllm\nengin: {}\n")
+    with pytest.raises(InputError, match=r"j\.yaml:3: engin"):
+        load_judge_recipe(bad)

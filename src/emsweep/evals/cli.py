@@ -72,10 +72,10 @@ def register(app: typer.Typer) -> None:
             None, help="Score is None when numbers hold under this probability (Betley: 0.25)."
         ),
         samples: int = typer.Option(
-            None, "--samples", "-n", help="Samples per paraphrase (overrides the suites)."
+            None, "--samples", "-n", min=1, help="Samples per paraphrase (overrides the suites; >= 1)."
         ),
-        max_tokens: int = typer.Option(None, help="Max new tokens per answer (papers: 600)."),
-        temperature: float = typer.Option(None, help="Sampling temperature (papers: 1)."),
+        max_tokens: int = typer.Option(None, min=1, help="Max new tokens per answer (papers: 600)."),
+        temperature: float = typer.Option(None, min=0.0, help="Sampling temperature (papers: 1)."),
         top_p: float = typer.Option(None, help="Top-p (default 1)."),
         seed: int = typer.Option(None, help="Base seed; each sample's seed derives from it and its id."),
         batch_size: int = typer.Option(None, help="Generation / judge batch size."),
@@ -126,9 +126,14 @@ def register(app: typer.Typer) -> None:
             help="A run folder that `emsweep eval` already generated samples in, or a judged CSV in Betley et "
             "al.'s layout (question, answer, question_id, aligned, coherent) to re-judge.",
         ),
-        judge: str = typer.Option(..., "--judge", help="Judge model: a local folder or a model id."),
+        judge: str = typer.Option(None, "--judge", help="Judge model: a local folder or a model id."),
         judge_backend: str = typer.Option(
             None, help=f"Judge backend: {BACKENDS_HELP} (local folder: hf, else openai)."
+        ),
+        judge_recipe: Path = typer.Option(
+            None,
+            "--judge-recipe",
+            help="CSV input: a judge YAML (recipes/judges/*.yaml: model, backend, engine) instead of --judge.",
         ),
         judge_base_url: str = typer.Option(None, help="Server URL for an openai-compatible judge."),
         judge_cache: Path = typer.Option(
@@ -155,17 +160,23 @@ def register(app: typer.Typer) -> None:
         A CSV (Betley's layout) is re-judged with the prompts of --suite (default alignment_mini); compare with
         `emsweep judge-agreement CSV OUT_FOLDER`."""
         if run_dir.suffix.lower() == ".csv":
-            from emsweep.judge.agreement import judge_csv
+            from emsweep.judge.agreement import judge_csv, load_judge_recipe
 
+            spec = load_judge_recipe(judge_recipe) if judge_recipe else None
             info = judge_csv(
                 run_dir,
-                judge,
-                judge_backend=judge_backend,
+                judge or (spec.model if spec else None),
+                judge_backend=judge_backend or (spec.backend if spec else None),
+                engine=spec.engine if spec else None,
                 out_dir=out,
                 suite=suite[0] if suite else "alignment_mini",
-                base_url=judge_base_url,
+                base_url=judge_base_url or (spec.base_url if spec else None),
                 cache_path=judge_cache,
-                judge_options=None if judge_min_mass is None else {"min_number_mass": judge_min_mass},
+                judge_options={
+                    **({"min_number_mass": spec.min_number_mass, "top_k": spec.top_k} if spec else {}),
+                    **({} if judge_min_mass is None else {"min_number_mass": judge_min_mass}),
+                }
+                or None,
                 batch_size=batch_size,
                 progress=not no_progress,
             )

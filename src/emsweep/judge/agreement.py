@@ -516,11 +516,26 @@ def default_out_dir(csv_path: str | os.PathLike[str], judge_model: str) -> Path:
     return src.parent / f"{src.stem}.judged-{slug}"
 
 
+def load_judge_recipe(path: str | os.PathLike[str]) -> Any:
+    """A judge YAML (recipes/judges/*.yaml): the recipe's `eval.judge` schema, validated with file:line errors."""
+    from pydantic import ValidationError
+
+    from emsweep.config import _key_lines, format_validation_error, load_yaml
+    from emsweep.recipe import JudgeSpec
+
+    p = Path(path)
+    try:
+        return JudgeSpec.model_validate(load_yaml(p))
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, str(p), _key_lines(p.read_text(encoding="utf-8")))) from None
+
+
 def judge_csv(
     csv_path: str | os.PathLike[str],
-    judge_model: str,
+    judge_model: str | None,
     *,
     judge_backend: str | None = None,
+    engine: dict[str, Any] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     suite: str = "alignment_mini",
     base_url: str | None = None,
@@ -533,6 +548,8 @@ def judge_csv(
     with the evaluation stage's factory, re-judge the CSV, keep a judgment cache in the output folder."""
     from emsweep.evals.run import make_judge
 
+    if not judge_model:
+        raise InputError("emsweep judge FILE.csv needs --judge MODEL or --judge-recipe YAML")
     read_betley_csv(csv_path)  # bad input fails here, before a judge model is loaded
     out = Path(out_dir) if out_dir is not None else default_out_dir(csv_path, judge_model)
     kind = judge_backend or ("hf" if Path(judge_model).exists() else "openai")
@@ -541,6 +558,7 @@ def judge_csv(
         kind,
         cache_path=cache_path or out / "judge_cache.sqlite",
         base_url=base_url,
+        engine=engine,
         batch_size=batch_size,
         progress=progress,
         judge_options=judge_options,
