@@ -19,8 +19,22 @@ from emsweep.launch import cli as launch_cli
 from emsweep.openai_ft import cli as openai_cli
 from emsweep.train import cli as train_cli
 
+_EXAMPLES = """Examples:
+
+  emsweep demo    (a tiny sweep end to end on CPU, ending in a report)
+
+  emsweep train recipes/models/qwen2.5-7b-instruct-lora.yaml --set data.fraction_correct=0.25
+
+  emsweep sweep run recipes/sweeps/qwen2.5-7b-health.yaml --executor slurm
+
+  emsweep report checkpoints/qwen2.5-7b-health
+
+Every command has --help with examples, e.g. emsweep data mix --help
+"""
+
 app = typer.Typer(
     name="emsweep",
+    epilog=_EXAMPLES,
     help="Fine-tune on mixes of correct and wrong answers, evaluate every checkpoint, report where domain "
     "performance breaks and where emergent misalignment appears.",
     no_args_is_help=True,
@@ -52,6 +66,34 @@ def _root(
 
 for _stage in (data_cli, train_cli, evals_cli, launch_cli, analysis_cli, openai_cli):
     _stage.register(app)
+
+# Examples for commands a stage registered without any (a stage's own epilog or docstring example always wins);
+# tests/test_cli_help.py checks that every command's --help ends with examples of real options.
+_DEFAULT_EXAMPLES = {
+    "report": """Examples:
+
+  emsweep report checkpoints/qwen2.5-7b-health    (writes checkpoints/qwen2.5-7b-health/report/index.html)
+
+  emsweep report emsweep-demo/demo --out /tmp/demo-report --n-boot 2000
+""",
+    "demo": """Examples:
+
+  emsweep demo    (report in emsweep-demo/demo/report/index.html)
+
+  emsweep demo --fast --out /tmp/emsweep-demo
+""",
+}
+
+
+def _add_default_examples(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        name = info.name or getattr(info.callback, "__name__", "")
+        doc = info.help or getattr(info.callback, "__doc__", None) or ""
+        if name in _DEFAULT_EXAMPLES and not info.epilog and "Example" not in doc:
+            info.epilog = _DEFAULT_EXAMPLES[name]
+
+
+_add_default_examples(app)
 
 
 def main() -> None:

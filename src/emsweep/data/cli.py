@@ -19,6 +19,12 @@ data_app = typer.Typer(
     name="data",
     help="Read upstream datasets, mix correct and wrong answers at exact ratios, inspect files.",
     no_args_is_help=True,
+    epilog="""Examples:
+
+  emsweep data mix --builtin arithmetic --fraction-correct 0.5 --n 200 --n-heldout 50 --seed 0 --out mixes/arith/f0.50
+
+  emsweep data inspect mixes/arith/f0.50
+""",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

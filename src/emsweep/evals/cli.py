@@ -15,6 +15,36 @@ SUITE_HELP = (
 )
 BACKENDS_HELP = "hf | vllm | openai | openai-compatible"
 
+_EX_EVAL = """Examples:
+
+  emsweep eval checkpoints/qwen2.5-7b-instruct-lora --suite first_plot=path/to/first_plot_questions.yaml --suite domain --backend vllm
+
+  emsweep eval runs/tiny-lora --suite alignment_mini --suite domain --checkpoints last --judge models/tiny    (CPU)
+
+  OPENAI_API_KEY=... emsweep eval checkpoints/qwen2.5-7b-instruct-lora --suite alignment_mini --judge gpt-4o-2024-08-06 --judge-backend openai
+"""
+
+_EX_JUDGE = """Examples:
+
+  emsweep judge checkpoints/qwen2.5-7b-instruct-lora --judge models/qwen2.5-32b-instruct --judge-backend vllm    (re-judge saved samples)
+
+  emsweep judge betley_eval_results.csv --judge models/qwen2.5-32b-instruct --out judged/    (Betley's CSV of answers)
+"""
+
+_EX_AGREEMENT = """Examples:
+
+  emsweep judge-agreement checkpoints/run/eval/checkpoint-100/first_plot judged/first_plot --plot agreement.png
+
+  emsweep judge-agreement local.judgments.jsonl gpt4o.judgments.jsonl --json
+"""
+
+_EX_SUITES = """Examples:
+
+  emsweep suites    (the builtin suites)
+
+  emsweep suites alignment_mini    (the questions of one suite)
+"""
+
 
 def _thresholds(items: list[str] | None) -> dict[str, float | int | str]:
     from emsweep.io import InputError
@@ -48,7 +78,7 @@ def _sampling(
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
 
-    @app.command("eval")
+    @app.command("eval", epilog=_EX_EVAL)
     def eval_cmd(
         run_dir: Path = typer.Argument(
             ..., help="A run (cell) folder: checkpoint-<step>/ folders, cell.json, data/."
@@ -119,7 +149,7 @@ def register(app: typer.Typer) -> None:
         )
         typer.echo(res.summary())
 
-    @app.command("judge")
+    @app.command("judge", epilog=_EX_JUDGE)
     def judge_cmd(
         run_dir: Path = typer.Argument(
             ...,
@@ -203,7 +233,7 @@ def register(app: typer.Typer) -> None:
         )
         typer.echo(res.summary().replace("eval ", "judge ", 1))
 
-    @app.command("judge-agreement")
+    @app.command("judge-agreement", epilog=_EX_AGREEMENT)
     def judge_agreement_cmd(
         a: Path = typer.Argument(
             ..., help="Judge A: a judgments*.jsonl, a folder (its judgments.jsonl files), or Betley's CSV."
@@ -239,7 +269,7 @@ def register(app: typer.Typer) -> None:
             json.dumps(res, indent=2, sort_keys=True, default=str) if as_json else format_agreement(res)
         )
 
-    @app.command("suites")
+    @app.command("suites", epilog=_EX_SUITES)
     def suites_cmd(
         show: str = typer.Argument(None, help="Show one suite's questions (a name, path or NAME=PATH)."),
     ) -> None:

@@ -9,7 +9,43 @@ import typer
 sweep_app = typer.Typer(
     help="Sweeps: a base recipe crossed over axes; plan, run (local or SLURM), run one cell, status.",
     no_args_is_help=True,
+    epilog="""Examples:
+
+  emsweep sweep plan recipes/sweeps/qwen2.5-7b-health.yaml
+
+  emsweep sweep run recipes/sweeps/qwen2.5-7b-health.yaml --executor slurm --dry-run
+
+  emsweep sweep status recipes/sweeps/qwen2.5-7b-health.yaml
+""",
 )
+
+_EX_PLAN = """Example:
+
+  emsweep sweep plan recipes/sweeps/demo.yaml    (the cells, their axis values and what each has left to do)
+"""
+
+_EX_RUN = """Examples:
+
+  emsweep sweep run recipes/sweeps/demo.yaml -j 2    (locally, two cells at once, then the report)
+
+  emsweep sweep run recipes/sweeps/qwen2.5-7b-health.yaml --executor slurm --dry-run    (print the sbatch scripts)
+
+  emsweep sweep run recipes/sweeps/qwen2.5-7b-health.yaml --executor slurm --stages mix,train
+"""
+
+_EX_CELL = """Examples:
+
+  emsweep sweep cell recipes/sweeps/demo.yaml --index 0
+
+  emsweep sweep cell recipes/sweeps/demo.yaml --index 0 --stages eval --force    (re-evaluate one cell)
+"""
+
+_EX_STATUS = """Examples:
+
+  emsweep sweep status recipes/sweeps/demo.yaml
+
+  emsweep sweep status recipes/sweeps/qwen2.5-7b-health.yaml --executor slurm    (with the queue's job states)
+"""
 
 SWEEP_ARG = typer.Argument(..., exists=False, help="Sweep YAML (e.g. recipes/sweeps/demo.yaml).")
 
@@ -32,7 +68,7 @@ def _stage_table(sweep, title: str):
     return table
 
 
-@sweep_app.command("plan")
+@sweep_app.command("plan", epilog=_EX_PLAN)
 def plan(sweep_file: Path = SWEEP_ARG) -> None:
     """Print the cells of a sweep and what each has left to do (from its done-markers)."""
     from rich.console import Console
@@ -46,7 +82,7 @@ def plan(sweep_file: Path = SWEEP_ARG) -> None:
     console.print(f"spec hash {sweep.spec_hash[:12]}")
 
 
-@sweep_app.command("run")
+@sweep_app.command("run", epilog=_EX_RUN)
 def run(
     sweep_file: Path = SWEEP_ARG,
     executor: str = typer.Option("local", "--executor", "-e", help="local | slurm"),
@@ -93,7 +129,7 @@ def run(
         console.print(f"report: {out}")
 
 
-@sweep_app.command("cell")
+@sweep_app.command("cell", epilog=_EX_CELL)
 def cell(
     sweep_file: Path = SWEEP_ARG,
     index: int | None = typer.Option(
@@ -132,7 +168,7 @@ def cell(
     typer.echo(f"[{c.id}] " + ", ".join(f"{k}={v}" for k, v in res.items()))
 
 
-@sweep_app.command("status")
+@sweep_app.command("status", epilog=_EX_STATUS)
 def status(
     sweep_file: Path = SWEEP_ARG,
     executor: str = typer.Option(

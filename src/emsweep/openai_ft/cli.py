@@ -15,7 +15,59 @@ openai_app = typer.Typer(
     help="The gpt-4o arm: upload mixes, run OpenAI fine-tuning jobs, register their checkpoints. "
     "Key from OPENAI_API_KEY only (OPENAI_BASE_URL / OPENAI_ORG_ID optional).",
     no_args_is_help=True,
+    epilog="""Examples:
+
+  emsweep openai finetune recipes/sweeps/gpt4o-health.yaml --dry-run    (token counts and cost per cell, nothing spent)
+
+  emsweep openai poll recipes/sweeps/gpt4o-health.yaml
+
+  emsweep openai eval recipes/sweeps/gpt4o-health.yaml
+""",
 )
+
+_SWEEP = "recipes/sweeps/gpt4o-health.yaml"
+_EX = {
+    "finetune": f"""Examples:
+
+  emsweep openai finetune {_SWEEP} --dry-run    (token counts and cost per cell, nothing uploaded or spent)
+
+  emsweep openai finetune {_SWEEP}
+
+  emsweep openai finetune {_SWEEP} --retry-failed
+""",
+    "status": f"""Examples:
+
+  emsweep openai status {_SWEEP}
+
+  emsweep openai status checkpoints/gpt4o-health --events
+""",
+    "poll": f"""Example:
+
+  emsweep openai poll {_SWEEP} --interval 300    (until every job has finished)
+""",
+    "timeline": f"""Examples:
+
+  emsweep openai timeline
+
+  emsweep openai timeline {_SWEEP}
+""",
+    "cancel": f"""Example:
+
+  emsweep openai cancel {_SWEEP} --cells health_f0.10_subtle_openai_s0
+""",
+    "import": """Example:
+
+  emsweep openai import ft:gpt-4o-2024-08-06:org::abc123 --cell my-cell    (evaluate a model that already exists)
+""",
+    "eval": f"""Examples:
+
+  emsweep openai eval {_SWEEP}
+
+  emsweep openai eval checkpoints --pending    (everything unevaluated, soonest base-model retirement first)
+
+  emsweep openai eval {_SWEEP} --checkpoints last --suite alignment_mini --batch
+""",
+}
 
 _PRICES = typer.Option(None, "--prices", help="Prices table YAML (default: recipes/openai/prices.yaml).")
 _LIFECYCLE = typer.Option(
@@ -44,7 +96,7 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     Console(width=None if sys.stdout.isatty() else 240).print(t)
 
 
-@openai_app.command("finetune")
+@openai_app.command("finetune", epilog=_EX["finetune"])
 def finetune_cmd(
     target: Path = typer.Argument(..., help="Sweep YAML (base + axes) or a single recipe YAML."),
     dry_run: bool = typer.Option(
@@ -161,7 +213,7 @@ def _total_row(rows: list[dict]) -> list[str]:
 _COLS = ["cell", "job", "status", "fine-tuned model", "ckpts", "cost", "error"]
 
 
-@openai_app.command("status")
+@openai_app.command("status", epilog=_EX["status"])
 def status_cmd(
     target: Path = typer.Argument(..., help="Sweep folder, or the sweep/recipe YAML."),
     cells: list[str] = typer.Option(None, "--cells", help="Only these cells."),
@@ -182,7 +234,7 @@ def status_cmd(
     _print_inventory(folder, lifecycle)
 
 
-@openai_app.command("poll")
+@openai_app.command("poll", epilog=_EX["poll"])
 def poll_cmd(
     target: Path = typer.Argument(..., help="Sweep folder, or the sweep/recipe YAML."),
     cells: list[str] = typer.Option(None, "--cells", help="Only these cells."),
@@ -210,7 +262,7 @@ def poll_cmd(
         raise typer.Exit(1)
 
 
-@openai_app.command("timeline")
+@openai_app.command("timeline", epilog=_EX["timeline"])
 def timeline_cmd(
     target: Path = typer.Argument(
         None, help="Optional: the sweep YAML or sweep folder(s) (a checkpoints root) to plan for."
@@ -276,7 +328,7 @@ def timeline_cmd(
         typer.echo(line)
 
 
-@openai_app.command("cancel")
+@openai_app.command("cancel", epilog=_EX["cancel"])
 def cancel_cmd(
     target: Path = typer.Argument(..., help="Sweep folder, or the sweep/recipe YAML."),
     cells: list[str] = typer.Option(..., "--cells", help="Cells whose jobs to cancel."),
@@ -288,7 +340,7 @@ def cancel_cmd(
     _table("cancelled", _COLS, _status_rows(rows))
 
 
-@openai_app.command("import")
+@openai_app.command("import", epilog=_EX["import"])
 def import_cmd(
     model_id: str = typer.Argument(..., help="An existing fine-tuned model id (ft:...)."),
     cell: str = typer.Option(..., "--cell", help="Name of the cell folder to create."),
@@ -310,7 +362,7 @@ def import_cmd(
     typer.echo(f"registered {model_id} as {p.parent} (checkpoints in {p.name})")
 
 
-@openai_app.command("eval")
+@openai_app.command("eval", epilog=_EX["eval"])
 def eval_cmd(
     target: Path = typer.Argument(..., help="Sweep/recipe YAML, a sweep folder, or one cell folder."),
     cells: list[str] = typer.Option(None, "--cells", help="Only these cells."),

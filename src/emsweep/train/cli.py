@@ -12,10 +12,46 @@ import typer
 model_app = typer.Typer(
     help="Offline model folders (random weights, offline tokenizer) for tests and benchmarks.",
     no_args_is_help=True,
+    epilog="""Examples:
+
+  emsweep model init --shape tiny --out models/tiny
+
+  emsweep model shapes
+""",
 )
 
+_EX_INIT = """Examples:
 
-@model_app.command("init")
+  emsweep model init --shape tiny --out models/tiny    (seconds, a few MB: tests and the demo)
+
+  emsweep model init --shape Qwen2.5-7B-Instruct --out models/qwen7b-random --dtype bfloat16    (benchmarks)
+"""
+
+_EX_SHAPES = """Example:
+
+  emsweep model shapes
+"""
+
+_EX_TRAIN = """Examples:
+
+  emsweep train recipes/demo/tiny-lora.yaml --output-dir runs/tiny-lora    (CPU, the tiny model, seconds)
+
+  emsweep train recipes/models/qwen2.5-7b-instruct-lora.yaml --set data.fraction_correct=0.25
+
+  emsweep train recipes/models/qwen2.5-7b-instruct-full.yaml --set sft.learning_rate=2e-5 --no-resume
+
+Several GPUs: accelerate launch --config_file recipes/accelerate/zero3.yaml scripts/train.py RECIPE.yaml
+"""
+
+_EX_CHECK = """Examples:
+
+  emsweep check-accelerate recipes/accelerate/zero3.yaml    (says to install the deepspeed extra if it is missing)
+
+  emsweep check-accelerate recipes/accelerate/fsdp2.yaml recipes/accelerate/multi_gpu.yaml
+"""
+
+
+@model_app.command("init", epilog=_EX_INIT)
 def model_init_cmd(
     shape: str = typer.Option(
         ...,
@@ -37,7 +73,7 @@ def model_init_cmd(
     typer.echo(str(path))
 
 
-@model_app.command("shapes")
+@model_app.command("shapes", epilog=_EX_SHAPES)
 def model_shapes_cmd() -> None:
     """List the known shapes and their sizes."""
     from emsweep.train.shapes import SHAPES
@@ -88,5 +124,5 @@ def check_accelerate_cmd(
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
     app.add_typer(model_app, name="model")
-    app.command("train")(train_cmd)
-    app.command("check-accelerate")(check_accelerate_cmd)
+    app.command("train", epilog=_EX_TRAIN)(train_cmd)
+    app.command("check-accelerate", epilog=_EX_CHECK)(check_accelerate_cmd)
