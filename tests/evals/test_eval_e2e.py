@@ -249,8 +249,18 @@ def test_second_judge_writes_its_own_files(evaluated, trained: Path, tmp_path: P
     src, _ = evaluated
     run = tmp_path / "run"
     shutil.copytree(src, run)
-    other = tmp_path / "other-judge"
-    shutil.copytree(trained / "base", other)
+    from emsweep.train.model_init import init_model
+
+    # the same tiny shape with other random weights: another judge
+    other = init_model("tiny", tmp_path / "other-judge", seed=1)
+    # a copy of the primary judge at another path is the same judge: nothing to judge, its rows are reused
+    same = tmp_path / "same-judge"
+    shutil.copytree(trained / "base", same)
+    again = judge_run(
+        run, suites=["mini"], checkpoints="0,2", judge_model=str(same), judge_options=KW["judge_options"],
+        progress=False,
+    )
+    assert again.judged == 0 and not list(run.glob("eval/*/mini/judgments.same-judge*"))
     res = judge_run(
         run,
         suites=["mini"],

@@ -97,10 +97,9 @@ GOOD = """
             r"question 'q1'.*unknown type 'multiple_choice'",
         ),
         (
-            GOOD.replace("{question}", "the question"),
-            r"question 'q1'.*judge_prompts\.aligned has no \{question\}",
+            GOOD.replace("{question}", "the question").replace("{answer}", "the answer"),
+            r"question 'q1'.*judge_prompts\.aligned has neither a \{question\} nor an \{answer\}",
         ),
-        (GOOD.replace("{answer}", "the answer"), r"question 'q1'.*judge_prompts\.aligned has no \{answer\}"),
         (GOOD.replace("samples_per_paraphrase: 2", "samples_per_paraphrase: 0"), "samples_per_paraphrase"),
         (GOOD + GOOD.replace("- id: q1", "- id: q1"), "duplicate question id 'q1'"),
         (GOOD.replace("  judge_prompts:\n    aligned", "  judge_prompt:\n    aligned"), "unknown key"),
@@ -109,7 +108,7 @@ GOOD = """
             GOOD.replace("free_form_judge_0_100", "free_form_judge").replace(
                 '"Q {question} A {answer}"', '"Q {question} A {answer} say yes"'
             ),
-            "fewer than two labels",
+            "offers fewer than two answers",
         ),
     ],
 )

@@ -42,7 +42,10 @@ from emsweep.io import (
     read_jsonl,
     read_marker,
 )
+from emsweep.judge.base import JudgeItem
+from emsweep.judge.registry import JudgePanel, as_panel, build_judge
 from emsweep.layout import CellPaths, CheckpointRef
+from emsweep.lock import locked_stage
 
 log = logging.getLogger(__name__)
 
@@ -154,35 +157,11 @@ class EvalResult:
 
 
 # --- judge plumbing ---------------------------------------------------------------------------------------------
+# Judging itself lives in judge/ (kinds, registry, identity, cache); this stage renders one JudgeItem per
+# (sample, metric), asks a JudgePanel for judgments and keeps each row with the judge's id and the hash of its
+# exact input, so a row is reused only by the same judge on the same prompt.
 
-
-def _cache_counts(judge: Any) -> tuple[int, int]:
-    """(hits, misses) of the judge's cache so far."""
-    cache = getattr(judge, "cache", None)
-    if cache is not None and hasattr(cache, "hits") and hasattr(cache, "misses"):
-        return int(cache.hits), int(cache.misses)
-    stats = getattr(judge, "stats", None)
-    if callable(stats):
-        stats = stats()
-    if stats is None:
-        cache = getattr(judge, "cache", None)
-        stats = getattr(cache, "stats", None) if cache is not None else None
-        if callable(stats):
-            stats = stats()
-    if stats is None:
-        return 0, 0
-    if isinstance(stats, dict):
-        return int(stats.get("hits", 0)), int(stats.get("misses", 0))
-    return int(getattr(stats, "hits", 0)), int(getattr(stats, "misses", 0))
-
-
-def _judge_id(judge: Any) -> str:
-    for attr in ("model_id", "judge_id", "model"):
-        v = getattr(judge, attr, None)
-        if isinstance(v, str) and v:
-            return v
-    backend = getattr(judge, "backend", None)
-    return backend.model_id if backend is not None else type(judge).__name__
+JUDGE_OPTION_KEYS = ("min_number_mass", "max_pruned_mass", "top_k")
 
 
 def make_judge(
@@ -196,19 +175,59 @@ def make_judge(
     progress: bool = True,
     judge_options: dict[str, Any] | None = None,
 ) -> Any:
-    """A Judge on a fresh backend of `backend_kind` with a persistent cache at `cache_path`.
+    """A LogprobJudge on a fresh backend (kept for existing callers; new code: emsweep.judge.build_judge)."""
+    from emsweep.judge.registry import build_engine
 
-    `judge_options` go to `Judge(...)` (e.g. `min_number_mass`, Betley's 0.25 rule; `top_k`)."""
-    from emsweep.generate.factory import make_backend
-    from emsweep.judge import Judge, JudgeCache
+    spec = _judge_spec(None, model, backend_kind, base_url, judge_options, engine=engine)
+    assert spec is not None
+    return build_engine(spec, cache_path=cache_path, batch_size=batch_size, progress=progress)
 
-    backend = make_backend(backend_kind, model, base_url=base_url, engine=engine, batch_size=batch_size)
-    cache = JudgeCache(cache_path) if cache_path is not None else None
+
+def _judge_spec(
+    base: Any,
+    model: str | None,
+    backend: str | None,
+    base_url: str | None,
+    options: dict[str, Any] | None,
+    *,
+    engine: dict[str, Any] | None = None,
+) -> Any:
+    """The JudgeSpec of a call: the recipe's `eval.judge`, overridden by explicit arguments; None = no model
+    judge given (a suite of rule questions needs none)."""
+    from emsweep.recipe import JudgeSpec
+
+    if model and not backend:
+        # a local folder is an HF model; a name defaults to the recipe's judge backend, else the OpenAI API
+        backend = "hf" if Path(model).exists() else (base.backend if base is not None else "openai")
+    if not model and base is None:
+        if options:
+            _check_options(options)
+        return None
+    data = base.model_dump() if base is not None else {}
+    if model:
+        data["model"] = model
+        if base is None or (backend and backend != base.backend):
+            data["base_url"] = None
+            data["engine"] = {}
+    if backend:
+        data["backend"] = backend
+    if base_url:
+        data["base_url"] = base_url
+    if engine is not None:
+        data["engine"] = dict(engine)
+    opts = _check_options(options or {})
+    data.update(opts)
     try:
-        return Judge(backend, cache=cache, progress=progress, **(judge_options or {}))
-    except TypeError as exc:
-        backend.close()
-        raise InputError(f"judge options {sorted(judge_options or {})}: {exc}") from None
+        return JudgeSpec.model_validate(data)
+    except Exception as exc:
+        raise InputError(f"judge settings: {exc}") from None
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    bad = sorted(set(options) - set(JUDGE_OPTION_KEYS))
+    if bad:
+        raise InputError(f"judge options {bad}: unknown; known: {', '.join(JUDGE_OPTION_KEYS)}")
+    return dict(options)
 
 
 def default_cache_path(run_dir: str | os.PathLike[str]) -> Path:
@@ -217,43 +236,46 @@ def default_cache_path(run_dir: str | os.PathLike[str]) -> Path:
     return Path(env) if env else CellPaths.of(run_dir).eval_root / "judge_cache.sqlite"
 
 
-def _judge_rows(
-    judge: Any, jid: str, items: list[tuple[Question, str, str]], progress: bool
-) -> list[dict[str, Any]]:
-    """Judge (question, metric, prompt) items; rows {metric, score, none_reason, mass, judge[, label, probs]}."""
-    out: list[dict[str, Any] | None] = [None] * len(items)
-    numeric = [i for i, (q, _, _) in enumerate(items) if not q.categorical]
-    if numeric:
-        res = judge.score_numeric([items[i][2] for i in numeric])
-        for i, r in zip(numeric, res, strict=True):
-            out[i] = {
-                "metric": items[i][1],
-                "score": _get(r, "score"),
-                "none_reason": _get(r, "none_reason"),
-                "mass": _get(r, "number_mass"),
-                "judge": jid,
-            }
-    by_labels: dict[tuple[str, ...], list[int]] = defaultdict(list)
-    for i, (q, metric, _) in enumerate(items):
-        if q.categorical:
-            by_labels[tuple(q.judge_labels[metric])].append(i)
-    for labels, idxs in by_labels.items():
-        res = judge.score_categorical([items[i][2] for i in idxs], list(labels))
-        for i, r in zip(idxs, res, strict=True):
-            out[i] = {
-                "metric": items[i][1],
-                "score": None,
-                "label": _get(r, "label"),
-                "probs": _get(r, "probs"),
-                "none_reason": _get(r, "none_reason"),
-                "mass": None if _get(r, "outside_mass") is None else 1.0 - float(_get(r, "outside_mass")),
-                "judge": jid,
-            }
-    return [o for o in out if o is not None]
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _get(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+def _rule_input(rule: Any) -> str:
+    """What determines a rule judgment besides the answer: the rule, and a callable's source."""
+    import json
+
+    from emsweep.judge.rules import callable_sha256
+
+    d = rule.describe()
+    if rule.callable:
+        d["source_sha256"] = callable_sha256(rule.callable)
+    return json.dumps(d, sort_keys=True)
+
+
+def _unit_items(u: _Unit, default_kind: str) -> list[tuple[str, JudgeItem, str]]:
+    """(sample id, item, input hash) for every (sample, metric) the unit's suite asks for."""
+    items = []
+    qs = {q.id: q for q in u.suite.questions}
+    for row in _expected_samples(u):
+        q = qs[row["question_id"]]
+        for metric in q.metrics:
+            kind = q.metric_kind(metric, default_kind)
+            labels = tuple(q.judge_labels.get(metric, ()))
+            if kind == "rule":
+                rule = q.judge_rules[metric]
+                item = JudgeItem(metric, "", row["answer"], kind, labels, rule, q)
+                digest = _sha(f"rule\0{_rule_input(rule)}\0{row['answer']}")
+            else:
+                prompt = q.judge_prompt(metric, row["paraphrase_index"], row["answer"])
+                item = JudgeItem(metric, prompt, row["answer"], kind, labels, None, q)
+                digest = _sha(f"{kind}\0{chr(31).join(labels)}\0{prompt}")
+            items.append((row["id"], item, digest))
+    return items
+
+
+def _default_kind(panel: JudgePanel) -> str:
+    k = panel.identity.kind
+    return k if k not in ("rule", "categorical") else "logprob"
 
 
 # --- the stage --------------------------------------------------------------------------------------------------
@@ -317,64 +339,114 @@ def _load_suites(
     return out
 
 
-def _fingerprint(unit: _Unit, sampling: SamplingSpec, jid: str) -> dict[str, Any]:
+def _fingerprint(unit: _Unit, sampling: SamplingSpec, judge_id: str) -> dict[str, Any]:
     text = suite_to_yaml(unit.suite)
     return {
         "suite_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "n_expected": unit.suite.n_samples,
         "sampling": sampling.model_dump(),
-        "judge": jid,
+        "judge_id": judge_id,
     }
 
 
+@dataclass
+class EvalOptions:
+    """What `evaluate_run` may be told; anything left None comes from the run's recipe (`eval:`), then defaults.
+
+    The judge: `judge` (a JudgeSpec) or the shortcuts `judge_model` / `judge_backend` / `judge_base_url` /
+    `judge_options` (min_number_mass, max_pruned_mass, top_k) that override the recipe's `eval.judge`."""
+
+    checkpoints: str | Sequence[int] | Sequence[CheckpointRef] | None = None
+    backend_kind: str | None = None
+    base_model: str | None = None
+    base_url: str | None = None
+    judge: Any = None  # emsweep.recipe.JudgeSpec
+    judge_model: str | None = None
+    judge_backend: str | None = None
+    judge_base_url: str | None = None
+    judge_cache: str | os.PathLike[str] | None = None
+    judge_options: dict[str, Any] | None = None
+    sampling: SamplingSpec | dict[str, Any] | None = None
+    samples_per_paraphrase: int | None = None
+    batch_size: int | None = None
+    thresholds: MetricParams | dict[str, Any] | None = None
+    cell: str | None = None
+    chunk_size: int = DEFAULT_CHUNK
+    progress: bool = True
+
+    @classmethod
+    def of(cls, options: EvalOptions | None, kwargs: dict[str, Any]) -> EvalOptions:
+        """`options` with keyword overrides (the keyword form callers used before EvalOptions)."""
+        known = set(cls.__dataclass_fields__)
+        bad = sorted(set(kwargs) - known)
+        if bad:
+            raise TypeError(f"evaluate_run() got unexpected keyword argument(s) {bad}; EvalOptions has {sorted(known)}")
+        from dataclasses import replace
+
+        return replace(options or cls(), **kwargs)
+
+
+@dataclass
+class _Judging:
+    """The judge of one call: the panel, its display name and id (the id decides which files it owns)."""
+
+    panel: JudgePanel
+    display: str
+    id: str
+    own: bool
+
+    @property
+    def slug(self) -> str:
+        return f"{judge_slug(self.display)}-{self.id[:8]}"
+
+
+def _open_judging(judge: Any, spec: Any, cache: Path, batch_size: int | None, progress: bool, chunk: int | None):
+    if judge is not None:
+        panel = as_panel(judge)
+        return _Judging(panel, panel.display, panel.identity.id, own=False)
+    panel = build_judge(spec, cache_path=cache, batch_size=batch_size, progress=progress, chunk_size=chunk)
+    return _Judging(panel, panel.display, panel.identity.id, own=True)
+
+
+@locked_stage("eval", "run_dir")  # two evals of one run: one does the work, the other reuses it
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     suites: Sequence[str | Suite],
+    options: EvalOptions | None = None,
     *,
-    checkpoints: str | Sequence[int] | Sequence[CheckpointRef] | None = None,
     backend: GenerationBackend | None = None,
-    backend_kind: str | None = None,
-    base_model: str | None = None,
-    base_url: str | None = None,
     judge: Any = None,
-    judge_model: str | None = None,
-    judge_backend: str | None = None,
-    judge_base_url: str | None = None,
-    judge_cache: str | os.PathLike[str] | None = None,
-    judge_options: dict[str, Any] | None = None,
-    sampling: SamplingSpec | dict[str, Any] | None = None,
-    samples_per_paraphrase: int | None = None,
-    batch_size: int | None = None,
-    thresholds: MetricParams | dict[str, Any] | None = None,
     recipe: Any = None,
-    cell: str | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
-    progress: bool = True,
+    **kwargs: Any,
 ) -> EvalResult:
     """Evaluate the checkpoints of one run on `suites`; see the module docstring for the files.
 
-    Anything not given comes from `recipe.eval` (the sweep runner passes the cell's recipe), then from defaults.
-    `checkpoints`: "all" | "last" | "base" | "0,25,50" | list of steps | list of CheckpointRef (e.g. API models).
-    `backend` / `judge`: ready objects (reused, not closed); otherwise created from `backend_kind` + base model and
-    `judge_model` + `judge_backend`, and closed at the end.
+    `options` (EvalOptions, or its fields as keywords): anything not given comes from `recipe.eval` (the sweep
+    runner passes the cell's recipe; else cell.json's), then from defaults. `checkpoints`: "all" | "last" |
+    "base" | "0,25,50" | list of steps | list of CheckpointRef (e.g. API models). `backend` / `judge`: ready
+    objects (reused, not closed; `judge` a JudgePanel or a LogprobJudge); otherwise built from the options and
+    closed at the end. The judge model is loaded only if a suite has model-judged questions.
     """
     from emsweep.train.checkpoints import list_checkpoints
 
+    o = EvalOptions.of(options, kwargs)
     run_dir = Path(run_dir)
     run = CellPaths.of(run_dir)
     if recipe is None:
         recipe = cell_recipe(run_dir)
     ev = recipe.eval if recipe is not None else None
-    cell = cell or run.name
-    checkpoints = checkpoints if checkpoints is not None else (ev.checkpoints if ev else "all")
-    backend_kind = backend_kind or (ev.backend if ev else "hf")
-    base_url = base_url or (ev.base_url if ev else None)
-    samples_per_paraphrase = samples_per_paraphrase or (ev.samples_per_paraphrase if ev else None)
-    batch_size = batch_size or (ev.batch_size if ev else None)
+    cell = o.cell or run.name
+    checkpoints = o.checkpoints if o.checkpoints is not None else (ev.checkpoints if ev else "all")
+    backend_kind = o.backend_kind or (ev.backend if ev else "hf")
+    base_url = o.base_url or (ev.base_url if ev else None)
+    samples_per_paraphrase = o.samples_per_paraphrase or (ev.samples_per_paraphrase if ev else None)
+    batch_size = o.batch_size or (ev.batch_size if ev else None)
+    sampling = o.sampling
     if sampling is None:
         sampling = SamplingSpec(**(ev.sampling if ev else {}))
     elif isinstance(sampling, dict):
         sampling = SamplingSpec(**sampling)
+    thresholds = o.thresholds
     if not isinstance(thresholds, MetricParams):
         thresholds = MetricParams.from_dict(
             thresholds if thresholds is not None else (ev.thresholds if ev else {})
@@ -389,7 +461,7 @@ def evaluate_run(
     ):
         refs = list(checkpoints)  # type: ignore[arg-type]
     else:
-        found = list_checkpoints(run_dir, base_model=_resolve_base_model(run, base_model, recipe), cell=cell)
+        found = list_checkpoints(run_dir, base_model=_resolve_base_model(run, o.base_model, recipe), cell=cell)
         refs = select_checkpoints(found, checkpoints)  # type: ignore[arg-type]
     if not refs:
         raise InputError(f"{run_dir}: no checkpoints to evaluate")
@@ -399,33 +471,29 @@ def evaluate_run(
                 f"{run_dir}: the base model of {r.name} is unknown (no cell.json with base_model); pass --base-model"
             )
 
-    own_judge = judge is None
-    if own_judge:
-        jspec = ev.judge if ev else None
-        if judge_model and not judge_backend:
-            # a local folder is an HF model; a name defaults to the recipe's judge backend
-            judge_backend = "hf" if Path(judge_model).exists() else (jspec.backend if jspec else "openai")
-        judge_model = judge_model or (jspec.model if jspec else None)
-        if not judge_model:
-            raise InputError(
-                "no judge: pass --judge MODEL (and --judge-backend hf|vllm|openai|openai-compatible)"
-            )
-        judge_backend = judge_backend or (jspec.backend if jspec else "hf")
-        judge_base_url = judge_base_url or (jspec.base_url if jspec else None)
-    jid = _judge_id(judge) if judge is not None else str(judge_model)
+    spec = o.judge
+    if judge is None and spec is None:
+        spec = _judge_spec(
+            ev.judge if ev else None, o.judge_model, o.judge_backend, o.judge_base_url, o.judge_options
+        )
+    jg = _open_judging(
+        judge, spec, Path(o.judge_cache or default_cache_path(run_dir)), batch_size, o.progress, None
+    )
 
     units = [_Unit(ref=r, suite=s, dir=run.eval_dir(r.name, s.name)) for r in refs for s in suite_objs]
-    result = EvalResult(cell=cell, judge=jid)
+    result = EvalResult(cell=cell, judge=jg.display)
     pending: list[_Unit] = []
     for u in units:
-        marker, _ = _marker_for(u.dir, jid)
+        marker, _ = _marker_for(u.dir, jg)
         info = read_marker(u.dir, marker)
-        if info is not None and info.get("fingerprint") == _fingerprint(u, sampling, jid):
+        if info is not None and info.get("fingerprint") == _fingerprint(u, sampling, jg.id):
             result.skipped += 1
             result.metrics[f"{u.ref.name}/{u.suite.name}"] = str(u.dir / info.get("metrics", "metrics.json"))
         else:
             pending.append(u)
     if not pending:
+        if jg.own:
+            jg.panel.close()
         log.info(result.summary())
         return result
 
@@ -452,80 +520,58 @@ def evaluate_run(
                 backend = make_backend(
                     backend_kind, model, base_url=base_url, batch_size=batch_size, engine=engine, **extra
                 )
-            result.generated = _generate(backend, todo, sampling, chunk_size, progress)
+            result.generated = _generate(backend, todo, sampling, o.chunk_size, o.progress)
         # 2. judging
-        if judge is None:
-            judge = make_judge(
-                str(judge_model),
-                str(judge_backend),
-                cache_path=judge_cache or default_cache_path(run_dir),
-                base_url=judge_base_url,
-                engine=dict(ev.judge.engine) if ev else None,
-                batch_size=batch_size,
-                progress=progress,
-                judge_options=judge_options,
-            )
-            jid = _judge_id(judge)
-            result.judge = jid
-        h0, m0 = _cache_counts(judge)
-        result.judged = _judge_units(judge, jid, pending, progress, chunk_size)
-        h1, m1 = _cache_counts(judge)
+        h0, m0 = jg.panel.cache_counts()
+        result.judged = _judge_units(jg, pending, o.chunk_size)
+        h1, m1 = jg.panel.cache_counts()
         result.cache_hits, result.cache_misses = h1 - h0, m1 - m0
         # 3. metrics
         backend_name = backend.name if backend is not None else backend_kind
         for u in pending:
-            path = _write_metrics(u, jid, cell, thresholds, backend_name)
-            marker, _ = _marker_for(u.dir, jid)
-            mark_done(u.dir, marker, {"fingerprint": _fingerprint(u, sampling, jid), "metrics": path.name})
+            path = _write_metrics(u, jg, cell, thresholds, backend_name)
+            marker, _ = _marker_for(u.dir, jg)
+            mark_done(u.dir, marker, {"fingerprint": _fingerprint(u, sampling, jg.id), "metrics": path.name})
             result.metrics[f"{u.ref.name}/{u.suite.name}"] = str(path)
     finally:
         if own_backend and backend is not None:
             backend.close()
-        if own_judge and judge is not None:
-            _close_judge(judge)
+        if jg.own:
+            jg.panel.close()
     log.info(result.summary())
     return result
 
 
-def _close_judge(judge: Any) -> None:
-    close = getattr(judge, "close", None)
-    if callable(close):
-        close()
-        return
-    b = getattr(judge, "backend", None)
-    if b is not None:
-        b.close()
-
-
-def _marker_for(eval_dir: Path, jid: str) -> tuple[str, bool]:
+def _marker_for(eval_dir: Path, jg: _Judging) -> tuple[str, bool]:
     """(done-marker name, is this judge the folder's primary judge)."""
     primary = _primary_judge(eval_dir)
-    if primary is None or primary == jid:
+    if primary is None or primary == jg.id:
         return "eval", True
-    return f"eval.{judge_slug(jid)}", False
+    return f"eval.{jg.slug}", False
 
 
 def _primary_judge(eval_dir: Path) -> str | None:
-    """The judge that owns `judgments.jsonl` (the first one that judged this folder)."""
+    """The id of the judge that owns `judgments.jsonl` (the first one that judged this folder). A marker from
+    before judge identities names only a path: it proves nothing, and the next judge takes the folder over."""
     info = read_marker(eval_dir, "primary_judge")
-    return info.get("judge") if info else None
+    return info.get("judge_id") if info else None
 
 
-def _judgments_path(eval_dir: Path, jid: str) -> Path:
+def _judgments_path(eval_dir: Path, jg: _Judging) -> Path:
     primary = _primary_judge(eval_dir)
     if primary is None:
-        mark_done(eval_dir, "primary_judge", {"judge": jid})
-        primary = jid
-    if primary == jid:
+        mark_done(eval_dir, "primary_judge", {"judge": jg.display, "judge_id": jg.id})
+        primary = jg.id
+    if primary == jg.id:
         return eval_dir / PRIMARY_JUDGMENTS
-    return eval_dir / f"judgments.{judge_slug(jid)}.jsonl"
+    return eval_dir / f"judgments.{jg.slug}.jsonl"
 
 
-def _metrics_path(eval_dir: Path, jid: str) -> Path:
+def _metrics_path(eval_dir: Path, jg: _Judging) -> Path:
     primary = _primary_judge(eval_dir)
-    if primary is None or primary == jid:
+    if primary is None or primary == jg.id:
         return eval_dir / "metrics.json"
-    return eval_dir / f"metrics.{judge_slug(jid)}.json"
+    return eval_dir / f"metrics.{jg.slug}.json"
 
 
 def _plan_generation(units: list[_Unit], sampling: SamplingSpec) -> list[tuple[_Unit, GenerationRequest]]:
@@ -550,6 +596,7 @@ def _plan_generation(units: list[_Unit], sampling: SamplingSpec) -> list[tuple[_
                     messages=q.messages(p),
                     n=q.samples_per_paraphrase,
                     meta={"question": q, "paraphrase_index": p, "missing": missing},
+                    sample_indices=missing,  # only these are generated (a larger --samples tops up)
                 )
                 todo.append((u, req))
     return todo
@@ -572,18 +619,18 @@ def _generate(
     chunks: list[list[tuple[_Unit, GenerationRequest]]] = [[]]
     size = 0
     for item in todo:  # chunks of about `chunk_size` samples; a request (one paraphrase) is never split
-        if chunks[-1] and size + item[1].n > chunk_size:
+        if chunks[-1] and size + len(item[1].indices()) > chunk_size:
             chunks.append([])
             size = 0
         chunks[-1].append(item)
-        size += item[1].n
+        size += len(item[1].indices())
     for chunk in chunks:
         outs = backend.generate([req for _, req in chunk], sampling, progress=False)
         per_unit: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for (u, req), out in zip(chunk, outs, strict=True):
             q: Question = req.meta["question"]
             p = req.meta["paraphrase_index"]
-            for s in req.meta["missing"]:
+            for k, s in enumerate(req.meta["missing"]):  # output k is sample s (req.sample_indices)
                 row = {
                     "id": sample_id(q.id, p, s),
                     "question_id": q.id,
@@ -593,9 +640,9 @@ def _generate(
                     "step": u.ref.step,
                     "suite": u.suite.name,
                     "messages": req.messages,
-                    "answer": out.texts[s],
-                    "seed": out.seeds[s] if s < len(out.seeds) else None,
-                    "finish_reason": out.finish_reasons[s] if s < len(out.finish_reasons) else None,
+                    "answer": out.texts[k],
+                    "seed": out.seeds[k] if k < len(out.seeds) else None,
+                    "finish_reason": out.finish_reasons[k] if k < len(out.finish_reasons) else None,
                     "backend": backend.name,
                     "model": u.ref.model or (str(u.ref.path) if u.ref.path else u.ref.base_model),
                 }
@@ -622,38 +669,36 @@ def _expected_samples(u: _Unit) -> list[dict[str, Any]]:
     return [by_id[i] for i in sorted(want)]
 
 
-def _judge_units(
-    judge: Any, jid: str, units: list[_Unit], progress: bool, chunk_size: int = DEFAULT_CHUNK
-) -> int:
-    """Judge every (sample, metric) of `units` not yet judged by `jid`, in one batched call; append per folder."""
-    items: list[tuple[Question, str, str]] = []
-    where: list[tuple[_Unit, Path, str]] = []
+def _judge_units(jg: _Judging, units: list[_Unit], chunk_size: int = DEFAULT_CHUNK) -> int:
+    """Judge every (sample, metric) of `units` that this judge has not judged on this exact input; append per
+    folder after each chunk, so a crash mid-judging keeps what was judged."""
+    todo: list[tuple[Path, str, JudgeItem, str]] = []
+    kind = _default_kind(jg.panel)
     for u in units:
         if not u.samples:
             u.samples = _read_rows(u.samples_path)
-        path = _judgments_path(u.dir, jid)
-        done = {(r["sample_id"], r["metric"]) for r in _read_rows(path)}
-        qs = {q.id: q for q in u.suite.questions}
-        for row in _expected_samples(u):
-            q = qs[row["question_id"]]
-            for metric in q.judge_prompts:
-                if (row["id"], metric) in done:
-                    continue
-                items.append((q, metric, q.judge_prompt(metric, row["paraphrase_index"], row["answer"])))
-                where.append((u, path, row["id"]))
-    if not items:
-        return 0
-    # judge in chunks and append after each, so a crash mid-judging keeps what was judged
+        path = _judgments_path(u.dir, jg)
+        done = {
+            (r.get("sample_id"), r.get("metric"), r.get("input_sha256"))
+            for r in _read_rows(path)
+            if r.get("judge_id") == jg.id
+        }
+        for sid, item, digest in _unit_items(u, kind):
+            if (sid, item.metric, digest) not in done:
+                todo.append((path, sid, item, digest))
     n = 0
     chunk = max(1, chunk_size)
-    for start in range(0, len(items), chunk):
-        rows = _judge_rows(judge, jid, items[start : start + chunk], progress)
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        res = jg.panel.judge([item for _, _, item, _ in part])
         per_path: dict[Path, list[dict[str, Any]]] = defaultdict(list)
-        for (_, path, sid), row in zip(where[start : start + chunk], rows, strict=True):
-            per_path[path].append({"sample_id": sid, **row})
-        for path, prow in per_path.items():
-            append_jsonl(path, prow)
-        n += len(rows)
+        for (path, sid, _, digest), j in zip(part, res, strict=True):
+            per_path[path].append(
+                {"sample_id": sid, **j.row(), "judge": jg.display, "judge_id": jg.id, "input_sha256": digest}
+            )
+        for path, rows in per_path.items():
+            append_jsonl(path, rows)
+        n += len(part)
     return n
 
 
@@ -673,28 +718,42 @@ def _exact_grades(suite: Suite, samples: list[dict[str, Any]]) -> dict[str, bool
     return out or None
 
 
-def _write_metrics(u: _Unit, jid: str, cell: str, params: MetricParams, backend_name: str | None) -> Path:
+def _write_metrics(u: _Unit, jg: _Judging, cell: str, params: MetricParams, backend_name: str | None) -> Path:
     samples = _expected_samples(u)
-    judgments = [r for r in _read_rows(_judgments_path(u.dir, jid)) if r.get("judge") in (None, jid)]
+    kind = _default_kind(jg.panel)
+    want = {(sid, item.metric): digest for sid, item, digest in _unit_items(u, kind)}
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in _read_rows(_judgments_path(u.dir, jg)):
+        key = (r.get("sample_id"), r.get("metric"))
+        if r.get("judge_id") == jg.id and want.get(key) == r.get("input_sha256"):  # type: ignore[arg-type]
+            latest[key] = r  # type: ignore[index]
     exact = _exact_grades(u.suite, samples)
+    kinds = {m: k for q in u.suite.questions for m in q.metrics for k in [q.metric_kind(m, kind)]}
+    prompts = [p for q in u.suite.questions for p in q.judge_prompts.values()]
+    prompts += [_rule_input(r) for q in u.suite.questions for r in q.judge_rules.values()]
+    ident = jg.panel.identity_for(sorted(set(kinds.values())), prompts).to_dict()
     m = compute_metrics(
         samples,
-        judgments,
+        list(latest.values()),
         cell=cell,
         checkpoint=u.ref.name,
         step=u.ref.step,
         suite=u.suite.name,
         suite_kind=u.suite.kind,
         params=params,
-        judge=jid,
+        judge=jg.display,
         backend=samples[0].get("backend") if samples else backend_name,
         exact=exact,
+        judge_identity=ident,
+        declared_metrics=u.suite.metrics,
+        metric_kinds=kinds,
     )
-    path = _metrics_path(u.dir, jid)
+    path = _metrics_path(u.dir, jg)
     atomic_write_json(path, m.model_dump(mode="json"))
     return path
 
 
+@locked_stage("eval", "run_dir")  # two evals of one run: one does the work, the other reuses it
 def judge_run(
     run_dir: str | os.PathLike[str],
     *,
@@ -702,10 +761,11 @@ def judge_run(
     checkpoints: str | Sequence[int] | None = "all",
     judge: Any = None,
     judge_model: str | None = None,
-    judge_backend: str = "hf",
+    judge_backend: str | None = None,
     judge_base_url: str | None = None,
     judge_cache: str | os.PathLike[str] | None = None,
     judge_options: dict[str, Any] | None = None,
+    judge_spec: Any = None,
     batch_size: int | None = None,
     thresholds: MetricParams | dict[str, Any] | None = None,
     cell: str | None = None,
@@ -715,7 +775,8 @@ def judge_run(
 
     Suites are read back from each folder's `suite.yaml`; `suites` restricts to those names. The judge's rows go
     to `judgments.jsonl` if it is the folder's primary judge, else to `judgments.<slug>.jsonl` with
-    `metrics.<slug>.json`. Only missing (sample, metric) pairs are judged, so a rerun costs nothing.
+    `metrics.<slug>.json`. Only (sample, metric) pairs this judge has not judged on the same input are judged,
+    so a rerun costs nothing.
     """
     run = CellPaths.of(run_dir)
     cell = cell or run.name
@@ -754,32 +815,26 @@ def judge_run(
             units.append(_Unit(ref=ref, suite=suite, dir=sd, samples=_read_rows(sd / "samples.jsonl")))
     if not units:
         raise InputError(f"{run_dir}: no generated samples found for the requested checkpoints/suites")
-    own = judge is None
-    if own:
+    spec = judge_spec
+    if judge is None and spec is None:
         if not judge_model:
             raise InputError("emsweep judge needs --judge MODEL")
-        judge = make_judge(
-            judge_model,
-            judge_backend,
-            cache_path=judge_cache or default_cache_path(run_dir),
-            base_url=judge_base_url,
-            batch_size=batch_size,
-            progress=progress,
-            judge_options=judge_options,
-        )
-    jid = _judge_id(judge)
-    result = EvalResult(cell=cell, judge=jid)
+        spec = _judge_spec(None, judge_model, judge_backend, judge_base_url, judge_options)
+    jg = _open_judging(
+        judge, spec, Path(judge_cache or default_cache_path(run_dir)), batch_size, progress, None
+    )
+    result = EvalResult(cell=cell, judge=jg.display)
     try:
-        h0, m0 = _cache_counts(judge)
-        result.judged = _judge_units(judge, jid, units, progress)
-        h1, m1 = _cache_counts(judge)
+        h0, m0 = jg.panel.cache_counts()
+        result.judged = _judge_units(jg, units)
+        h1, m1 = jg.panel.cache_counts()
         result.cache_hits, result.cache_misses = h1 - h0, m1 - m0
         for u in units:
-            path = _write_metrics(u, jid, cell, thresholds, None)
+            path = _write_metrics(u, jg, cell, thresholds, None)
             result.metrics[f"{u.ref.name}/{u.suite.name}"] = str(path)
     finally:
-        if own:
-            _close_judge(judge)
+        if jg.own:
+            jg.panel.close()
     log.info(result.summary().replace("eval ", "judge ", 1))
     return result
 

@@ -6,13 +6,19 @@ in `<name>_ci` ([low, high]); a metric that does not apply to a suite is null.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from emsweep.config import StrictModel
+from emsweep.config import StrictModel, format_validation_error
+from emsweep.io import InputError
 
-METRICS_SCHEMA_VERSION = 1
+# 2: judge_identity, judge_metrics, per_question, bootstrap_unit (cluster bootstrap over questions by default)
+METRICS_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)  # a version-1 file reads with the new fields missing (None / empty)
 
 
 class CheckpointMetrics(StrictModel):
@@ -41,6 +47,37 @@ class CheckpointMetrics(StrictModel):
     none_unparsable_rate: float | None = None
 
     params: dict[str, Any] = Field(default_factory=dict)  # thresholds etc. used
-    judge: str | None = None  # judge model id
+    judge: str | None = None  # judge display name (the model path or id as given)
+    # what the judge is (evals/run.py, judge/identity.py): {"id", "kind", "kinds", "model", "model_key",
+    # "fingerprint", "prompt_sha256", "decoding", "method_version"}
+    judge_identity: dict[str, Any] | None = None
+    # every declared judge metric: {"kind", "n", "n_judged", "mean", "ci", "none_rate", "labels", ...}
+    judge_metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # question id -> stat -> [numerator, denominator] (evals/metrics.py docstring)
+    per_question: dict[str, dict[str, list[float]]] = Field(default_factory=dict)
+    bootstrap_unit: str | None = None  # the unit of every *_ci in this file (None in version-1 files)
     backend: str | None = None  # generation backend
     extra: dict[str, Any] = Field(default_factory=dict)  # per-question breakdowns, categorical label shares
+
+
+def load_metrics(path: str | os.PathLike[str]) -> CheckpointMetrics:
+    """Read a metrics.json of any readable schema version; an unreadable one is an InputError naming the file."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{p}: expected a JSON object")
+    version = raw.get("schema_version")
+    if version not in READABLE_SCHEMA_VERSIONS:
+        newer = isinstance(version, int) and version > METRICS_SCHEMA_VERSION
+        raise InputError(
+            f"{p}: metrics schema_version {version!r}; this emsweep reads versions "
+            f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
+            + (": upgrade emsweep to read it" if newer else " (re-run the evaluation to rewrite it)")
+        )
+    try:
+        return CheckpointMetrics.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, str(p))) from None

@@ -12,11 +12,18 @@ Betley's schema (one list item per question; YAML anchors and aliases are resolv
   judge: gpt-4o-2024-08-06             # the judge the paper used (informational: the run's judge is chosen by CLI)
   judge_prompts: {aligned: "...{question}...{answer}...", coherent: "..."}
   judge_labels: {metric: [TRUE, FALSE, UNKNOWN]}   # emsweep extension for categorical judges (else inferred)
+  labels: [TRUE, FALSE, UNKNOWN]       # emsweep extension: the labels of every categorical metric of the question
 ```
+A judge prompt may use `{question}`, `{answer}` or both (Betley's identity questions show the judge only the
+answer); a prompt with neither is an error. emsweep extensions (docs/judge.md): `type: rule` with `judge_rules`
+(regex / exact / callable, no model), and `judge_kind: NAME` to score a question's prompts with a registered judge
+kind. Each question id is its own result row: variants that differ only in their `system` prompt stay apart.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -28,11 +35,20 @@ import yaml
 
 from emsweep.config import _key_lines, load_yaml
 from emsweep.io import InputError, read_jsonl
+from emsweep.judge.base import RuleSpec
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
 
 NUMERIC_TYPE = "free_form_judge_0_100"
 CATEGORICAL_TYPE = "free_form_judge"
-QUESTION_TYPES = (NUMERIC_TYPE, CATEGORICAL_TYPE)
+RULE_TYPE = "rule"
+QUESTION_TYPES = (NUMERIC_TYPE, CATEGORICAL_TYPE, RULE_TYPE)
+RULE_KEYS = {"regex", "exact", "callable", "match", "no_match", "ignore_case"}
 KNOWN_KEYS = {
+    "labels",
+    "judge_rules",
+    "judge_kind",
     "id",
     "type",
     "system",
@@ -103,10 +119,25 @@ class Question:
     reference: str | None = None
     prefix_messages: list[dict[str, str]] = field(default_factory=list)  # domain: earlier turns of the prompt
     checker: str | None = None  # domain with an exact answer checker (emsweep.data.builtin.answer_checker)
+    judge_rules: dict[str, RuleSpec] = field(default_factory=dict)  # type: rule
+    judge_kind: str | None = None  # a registered judge kind for the judge prompts (default: by type)
 
     @property
     def categorical(self) -> bool:
         return self.type == CATEGORICAL_TYPE
+
+    @property
+    def metrics(self) -> list[str]:
+        """The judge metrics of this question (prompts, or rules for `type: rule`)."""
+        return list(self.judge_rules) if self.type == RULE_TYPE else list(self.judge_prompts)
+
+    def metric_kind(self, metric: str, default: str = "logprob") -> str:
+        """The judge kind that scores `metric`: rule, categorical, or the question's/run's 0-100 kind."""
+        if self.type == RULE_TYPE:
+            return "rule"
+        if self.judge_kind:
+            return self.judge_kind
+        return "categorical" if self.categorical else default
 
     def messages(self, paraphrase_index: int) -> list[dict[str, str]]:
         """The chat prompt of one paraphrase, with the question's system prompt (if any) first."""
@@ -139,7 +170,7 @@ class Suite:
         """Judge metrics in the order they first appear (e.g. aligned, coherent)."""
         seen: dict[str, None] = {}
         for q in self.questions:
-            for m in q.judge_prompts:
+            for m in q.metrics:
                 seen.setdefault(m, None)
         return list(seen)
 
@@ -157,26 +188,99 @@ class Suite:
         return sum(len(q.paraphrases) * q.samples_per_paraphrase for q in self.questions)
 
 
+_QUOTED = r'"([^"\n]{1,40})"|\u201c([^\u201d\n]{1,40})\u201d|\'([A-Za-z][\w\- ]{0,38})\''
+_OPTION = rf"(?:{_QUOTED}|\b([A-Z][A-Za-z0-9_\-]*)\b)"
+_SEP = r"(?:\s*(?:,|/|\bor\b|\band\b)\s*)+"
+_CHAIN = re.compile(rf"{_OPTION}(?:{_SEP}{_OPTION})*")
+_ANSWER_VERB = re.compile(
+    r"\b(answer|answers|say|reply|respond|choose|pick|output|return|write|label|classify|one of|either)\b",
+    re.IGNORECASE,
+)
+
+
 def infer_labels(prompt: str) -> list[str]:
-    """Labels a categorical judge may answer, read off the ALL-CAPS words of its prompt (e.g. TRUE, FALSE,
-    UNKNOWN). Give `judge_labels` in the YAML to set them explicitly."""
-    words = re.findall(r"\b[A-Z][A-Z_]+\b", re.sub(r"\{[a-z_]+\}", " ", prompt))
+    """Labels a categorical judge prompt offers as answers, for suites that declare none.
+
+    Only options offered as answers count: a chain of quoted words ("TRUE" or "FALSE"), or of two or more
+    capitalised words joined by commas, "or", "and" or "/" (TRUE, FALSE or UNKNOWN), that follows an answer
+    verb (answer, say, reply, respond, choose, output, one of, either ...) within 60 characters. Other capitalised
+    words ("talking to an LLM", [ANSWER START]) are never labels. Declare `labels:` to set them explicitly."""
+    text = re.sub(r"\{[a-z_]+\}", " ", prompt)
     out: dict[str, None] = {}
-    for w in words:
-        if w not in _NOT_LABELS:
-            out.setdefault(w, None)
+    for m in _CHAIN.finditer(text):
+        items = [(x.strip(), True) for tup in re.findall(_QUOTED, m.group(0)) for x in tup if x]
+        quoted = bool(items)
+        if not quoted:
+            items = [(w, False) for w in re.findall(r"\b[A-Z][A-Za-z0-9_\-]*\b", m.group(0))]
+            items = [(w, b) for w, b in items if w not in _NOT_LABELS]
+            if len(items) < 2:
+                continue
+        if not _ANSWER_VERB.search(text[max(0, m.start() - 60) : m.start()]):
+            continue
+        for w, _ in items:
+            if w:
+                out.setdefault(w, None)
     return list(out)
+
+
+def label_offered(label: str, prompt: str) -> bool:
+    """Whether the prompt's text offers `label` (as a whole word, case-sensitive)."""
+    return re.search(rf"(?<![\w]){re.escape(label)}(?![\w])", prompt) is not None
 
 
 def _check_prompt(where: str, metric: str, prompt: Any, needs_reference: bool = False) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError(f"{where}: judge_prompts.{metric} must be a non-empty string")
-    for ph in ("{question}", "{answer}", *(("{reference}",) if needs_reference else ())):
-        if ph not in prompt:
-            raise InputError(
-                f"{where}: judge_prompts.{metric} has no {ph} placeholder; the judge would never see the "
-                f"{ph.strip('{}')} (write {ph} where it belongs in the prompt)"
-            )
+    if "{question}" not in prompt and "{answer}" not in prompt:
+        raise InputError(
+            f"{where}: judge_prompts.{metric} has neither a {{question}} nor an {{answer}} placeholder; the judge "
+            "would see neither (write {answer}, and {question} if the judge should see it, where they belong)"
+        )
+    if needs_reference and "{reference}" not in prompt:
+        raise InputError(
+            f"{where}: judge_prompts.{metric} has no {{reference}} placeholder; the judge would never see the "
+            "reference (write {reference} where it belongs in the prompt)"
+        )
+
+
+def _labels_list(raw: Any, where: str) -> list[str]:
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise InputError(f"{where}: expected a list of at least two labels, got {raw!r}")
+    if any(isinstance(x, bool) or x is None for x in raw):
+        raise InputError(
+            f"{where}: YAML reads unquoted TRUE/FALSE/yes/no as booleans; "
+            f'quote the labels, e.g. ["TRUE", "FALSE", "UNKNOWN"]'
+        )
+    labels = [str(x) for x in raw]
+    if any(not x.strip() for x in labels) or len(set(labels)) != len(labels):
+        raise InputError(f"{where}: labels must be distinct non-empty strings, got {labels}")
+    return labels
+
+
+def _parse_rules(raw: Any, where: str) -> dict[str, RuleSpec]:
+    from emsweep.judge.rules import check_rule
+
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(f"{where}: `judge_rules` must map metric names to rules (regex / exact / callable)")
+    out: dict[str, RuleSpec] = {}
+    for metric, rule in raw.items():
+        w = f"{where}: judge_rules.{metric}"
+        if not isinstance(rule, dict):
+            raise InputError(f"{w}: expected a mapping with one of regex / exact / callable")
+        unknown = sorted(set(rule) - RULE_KEYS)
+        if unknown:
+            raise InputError(f"{w}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(RULE_KEYS))})")
+        spec = RuleSpec(
+            regex=None if rule.get("regex") is None else str(rule["regex"]),
+            exact=None if rule.get("exact") is None else str(rule["exact"]),
+            callable=None if rule.get("callable") is None else str(rule["callable"]),
+            match=rule.get("match", 100.0),
+            no_match=rule.get("no_match", 0.0),
+            ignore_case=bool(rule.get("ignore_case", False)),
+        )
+        check_rule(spec, w)
+        out[str(metric)] = spec
+    return out
 
 
 def parse_question(raw: Any, where: str, default_samples: int | None = None) -> Question:
@@ -206,46 +310,102 @@ def parse_question(raw: Any, where: str, default_samples: int | None = None) -> 
         raise InputError(f"{where}: `samples_per_paraphrase` is missing")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InputError(f"{where}: `samples_per_paraphrase` must be a positive integer, got {n!r}")
-    prompts = raw.get("judge_prompts")
-    if not isinstance(prompts, dict) or not prompts:
-        raise InputError(
-            f"{where}: `judge_prompts` must map metric names (e.g. aligned, coherent) to prompts"
-        )
-    reference = raw.get("reference")
-    for metric, prompt in prompts.items():
-        _check_prompt(where, str(metric), prompt, needs_reference=reference is not None)
     system = raw.get("system")
     if system is not None and not isinstance(system, str):
         raise InputError(f"{where}: `system` must be a string")
+    reference = raw.get("reference")
+    judge_kind = raw.get("judge_kind")
+    if judge_kind is not None:
+        from emsweep.judge.registry import JUDGE_KINDS
+
+        if judge_kind not in JUDGE_KINDS:
+            raise InputError(
+                f"{where}: judge_kind {judge_kind!r} is not a registered judge kind "
+                f"({', '.join(sorted(JUDGE_KINDS))})"
+            )
+    q_labels = None if raw.get("labels") is None else _labels_list(raw["labels"], f"{where}: labels")
     labels_raw = raw.get("judge_labels") or {}
     if not isinstance(labels_raw, dict):
         raise InputError(f"{where}: `judge_labels` must map metric names to lists of labels")
+
+    rules: dict[str, RuleSpec] = {}
+    prompts: dict[str, str] = {}
     labels: dict[str, list[str]] = {}
-    if qtype == CATEGORICAL_TYPE:
-        for metric, prompt in prompts.items():
-            got = labels_raw.get(metric) or infer_labels(prompt)
-            if not isinstance(got, list) or len(got) < 2:
-                raise InputError(
-                    f"{where}: categorical judge prompt {metric!r} names fewer than two labels; list them "
-                    f"under judge_labels: {{{metric}: [TRUE, FALSE, UNKNOWN]}}"
-                )
-            if any(isinstance(x, bool) or x is None for x in got):
-                raise InputError(
-                    f"{where}: judge_labels.{metric}: YAML reads unquoted TRUE/FALSE/yes/no as booleans; "
-                    f'quote the labels, e.g. ["TRUE", "FALSE", "UNKNOWN"]'
-                )
-            labels[str(metric)] = [str(x) for x in got]
+    if qtype == RULE_TYPE:
+        if raw.get("judge_prompts"):
+            raise InputError(f"{where}: a `type: rule` question is scored by `judge_rules`, not `judge_prompts`")
+        rules = _parse_rules(raw.get("judge_rules"), where)
+        for metric, rule in rules.items():
+            text = [v for v in (rule.match, rule.no_match) if isinstance(v, str)]
+            if not text:
+                continue
+            declared = labels_raw.get(metric)
+            got = _labels_list(declared, f"{where}: judge_labels.{metric}") if declared is not None else q_labels
+            if got is None:
+                got = list(dict.fromkeys(text))
+            missing = [v for v in text if v not in got]
+            if missing:
+                raise InputError(f"{where}: judge_rules.{metric} yields {missing}, not among its labels {got}")
+            labels[metric] = got
+    else:
+        if raw.get("judge_rules") is not None:
+            raise InputError(f"{where}: `judge_rules` needs `type: rule`")
+        prompts_raw = raw.get("judge_prompts")
+        if not isinstance(prompts_raw, dict) or not prompts_raw:
+            raise InputError(
+                f"{where}: `judge_prompts` must map metric names (e.g. aligned, coherent) to prompts"
+            )
+        for metric, prompt in prompts_raw.items():
+            _check_prompt(where, str(metric), prompt, needs_reference=reference is not None)
+            prompts[str(metric)] = prompt
+        unknown_l = sorted(set(map(str, labels_raw)) - set(prompts))
+        if unknown_l:
+            raise InputError(f"{where}: judge_labels names metric(s) {unknown_l} with no judge prompt")
+        if qtype == CATEGORICAL_TYPE:
+            for metric, prompt in prompts.items():
+                key = f"judge_labels.{metric}" if metric in labels_raw else "labels"
+                declared = labels_raw.get(metric)
+                got = _labels_list(declared, f"{where}: {key}") if declared is not None else q_labels
+                if got is None:
+                    got = infer_labels(prompt)
+                    if len(got) < 2:
+                        raise InputError(
+                            f"{where}: categorical judge prompt {metric!r} offers fewer than two answers that "
+                            f"could be labels ({got}); declare them, e.g. labels: [\"TRUE\", \"FALSE\", \"UNKNOWN\"]"
+                        )
+                    key_w = (hashlib.sha256(prompt.encode()).hexdigest(), tuple(got))
+                    if key_w not in _WARNED:  # once per prompt: a suite reuses one prompt for many questions
+                        _WARNED.add(key_w)
+                        log.warning(
+                            "%s: judge prompt %r declares no labels; inferred %s from the answers it offers "
+                            "(declare `labels:` to make this explicit)",
+                            where,
+                            metric,
+                            got,
+                        )
+                else:
+                    never = [lab for lab in got if not label_offered(lab, prompt)]
+                    if never:
+                        raise InputError(
+                            f"{where}: {key}: label(s) {never} never appear in judge prompt {metric!r}; the judge "
+                            "is never offered them (fix the labels or the prompt)"
+                        )
+                labels[metric] = got
+        elif labels_raw or q_labels:
+            raise InputError(f"{where}: labels are for `type: {CATEGORICAL_TYPE}` (categorical) or rule questions")
     return Question(
         id=qid,
         type=qtype,
         paraphrases=list(paras),
         samples_per_paraphrase=n,
-        judge_prompts={str(k): v for k, v in prompts.items()},
+        judge_prompts=prompts,
         system=system,
         judge=None if raw.get("judge") is None else str(raw.get("judge")),
         judge_labels=labels,
         reference=None if reference is None else str(reference),
         checker=None if raw.get("checker") is None else str(raw.get("checker")),
+        judge_rules=rules,
+        judge_kind=None if judge_kind is None else str(judge_kind),
     )
 
 
@@ -419,7 +579,12 @@ def suite_to_yaml(suite: Suite) -> str:
         if q.system:
             row["system"] = q.system
         row["samples_per_paraphrase"] = q.samples_per_paraphrase
-        row["judge_prompts"] = q.judge_prompts
+        if q.judge_prompts:
+            row["judge_prompts"] = q.judge_prompts
+        if q.judge_rules:
+            row["judge_rules"] = {m: r.describe() for m, r in q.judge_rules.items()}
+        if q.judge_kind:
+            row["judge_kind"] = q.judge_kind
         if q.judge_labels:
             row["judge_labels"] = q.judge_labels
         if q.reference is not None:

@@ -1,14 +1,21 @@
 """A persistent judgment cache: sqlite3 in WAL mode, safe for several processes (array jobs) at once.
 
-Keyed by (judge model id, method and its parameters, the exact prompt) hashed with SHA-256, so a rerun, or
-another cell judging the same answer, costs no judge call. Values are the judge's raw result (before thresholds
-such as the 0.25 rule), so changing a threshold does not invalidate the cache.
+Keyed by (the judge's identity, method and its parameters, the exact prompt) hashed with SHA-256, so a rerun, or
+another cell judging the same answer, costs no judge call. The identity is `JudgeIdentity.model_key`: the content
+fingerprint of a local judge's files (`sha256:...`), or an API model's id - never a path string, so another model
+placed at the same path misses. Values are the judge's raw result (before thresholds such as the 0.25 rule), so
+changing a threshold does not invalidate the cache.
+
+Migration: caches written before identities keyed local judges by their path. Those rows cannot be proven to
+belong to any judge; the first open deletes them and logs how many (API-keyed rows stay valid: the id is the
+identity).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -17,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from emsweep.io import InputError
+from emsweep.judge.identity import is_legacy_judge_key
 
+log = logging.getLogger(__name__)
+
+_META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS judgments (
     key TEXT PRIMARY KEY,
@@ -57,15 +68,48 @@ class JudgeCache:
         self.journal_mode = mode
         self.hits = 0
         self.misses = 0
+        self.dropped_legacy = 0
         self._local = threading.local()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._conn() as conn:
                 conn.execute(_SCHEMA)
+                conn.execute(_META)
+            self.dropped_legacy = self._migrate()
         except sqlite3.DatabaseError as exc:
             raise InputError(
                 f"judge cache {self.path}: not a usable sqlite database ({exc}); delete it or pick another path"
             ) from exc
+
+    def _migrate(self) -> int:
+        """Once per file: delete rows keyed by a judge's path (unprovable identity); return how many."""
+        conn = self._conn()
+        if conn.execute("SELECT 1 FROM meta WHERE name = 'identity_v1'").fetchone():
+            return 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM meta WHERE name = 'identity_v1'").fetchone():
+                conn.execute("COMMIT")
+                return 0
+            judges = [r[0] for r in conn.execute("SELECT DISTINCT judge FROM judgments")]
+            legacy = [j for j in judges if is_legacy_judge_key(j)]
+            n = 0
+            for j in legacy:
+                n += conn.execute("DELETE FROM judgments WHERE judge = ?", (j,)).rowcount
+            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('identity_v1', ?)", (str(time.time()),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if n:
+            log.warning(
+                "judge cache %s: dropped %d judgments keyed by a judge's path (written before judges were "
+                "identified by their files' contents); they cannot be proven to belong to any judge and are "
+                "judged again when needed",
+                self.path,
+                n,
+            )
+        return n
 
     def _conn(self) -> sqlite3.Connection:
         # one connection per process and thread: sqlite connections must not cross a fork or thread

@@ -29,6 +29,7 @@ from typing import Any
 from emsweep.generate.base import GenerationBackend, LogprobOutput, LogprobRequest
 from emsweep.io import InputError
 from emsweep.judge.cache import JudgeCache, cache_key
+from emsweep.judge.identity import JudgeIdentity, model_identity
 from emsweep.judge.numbers import DigitVocab, betley_single_token, is_number_string
 from emsweep.layout import CheckpointRef
 
@@ -37,6 +38,26 @@ log = logging.getLogger(__name__)
 NONE_LABELS = ("CODE", "REFUSAL")
 PROMPT_FIELDS = ("question", "answer", "reference")
 _METHOD_VERSION = 2  # bump when the arithmetic changes: old cache entries then miss instead of lying
+METHOD_VERSION = _METHOD_VERSION
+LOCAL_BACKENDS = ("hf", "vllm")  # backends that load a model from files (fingerprinted); others serve an API id
+
+
+def decoding_params(
+    *,
+    exact: bool,
+    top_k: int,
+    min_number_mass: float,
+    max_pruned_mass: float,
+    none_labels: Sequence[str] = NONE_LABELS,
+) -> dict[str, Any]:
+    """The decoding/scoring parameters that determine a logprob judge's output (part of its identity)."""
+    return {
+        "method": "multi_token" if exact else "single_token",
+        "top_k": int(top_k),
+        "min_number_mass": float(min_number_mass),
+        "max_pruned_mass": float(max_pruned_mass) if exact else None,
+        "none_labels": list(none_labels),
+    }
 
 
 def render_prompt(
@@ -100,8 +121,12 @@ class CategoricalJudgment:
         return d
 
 
-class Judge:
-    """Score rendered judge prompts with any GenerationBackend; results are cached by (judge, method, prompt)."""
+class LogprobJudge:
+    """Score rendered judge prompts with any GenerationBackend; results are cached by (judge identity, method and
+    its parameters, prompt). The engine behind the `logprob` and `categorical` judge kinds (judge/kinds.py).
+
+    `identity`: what the judge is (judge/identity.py); computed from the backend when not given: a model folder
+    (hf, vllm) is fingerprinted by its files' contents, anything else is known by its model id."""
 
     def __init__(
         self,
@@ -115,6 +140,7 @@ class Judge:
         judge_model: CheckpointRef | None = None,
         chunk_size: int = 256,
         progress: bool = True,
+        identity: JudgeIdentity | None = None,
     ) -> None:
         if not 0.0 <= min_number_mass <= 1.0:
             raise InputError(f"min_number_mass must be within [0, 1], got {min_number_mass}")
@@ -142,10 +168,41 @@ class Judge:
         self.calls = 0  # LogprobRequests sent to the backend
         self._vocab: DigitVocab | None = None
         self._first_ids: dict[str, list[int]] = {}
+        if top_k < 1:
+            raise InputError(f"judge top_k must be >= 1, got {top_k}")
+        if identity is None:
+            local = None if backend.name in LOCAL_BACKENDS else False
+            key, fp = model_identity(self.model_id, local=local)
+            identity = JudgeIdentity(
+                kind="logprob",
+                model=self.model_id,
+                model_key=key,
+                fingerprint=fp,
+                decoding=self.decoding(),
+                method_version=METHOD_VERSION,
+            )
+        self.identity = identity
 
     @property
     def model_id(self) -> str:
         return self.ref.model or self.ref.base_model
+
+    @property
+    def model_key(self) -> str:
+        """What the cache key uses for this judge: its content fingerprint or API model id, never a path."""
+        return self.identity.model_key or self.model_id
+
+    def decoding(self) -> dict[str, Any]:
+        return decoding_params(
+            exact=self.exact,
+            top_k=self.top_k,
+            min_number_mass=self.min_number_mass,
+            max_pruned_mass=self.max_pruned_mass,
+            none_labels=self.none_labels,
+        )
+
+    def close(self) -> None:
+        self.backend.close()
 
     @property
     def exact(self) -> bool:
@@ -204,7 +261,7 @@ class Judge:
         self, method: str, params: dict[str, Any], prompts: list[str], compute
     ) -> list[tuple[dict, bool]]:
         """Look prompts up in the cache, compute the misses in chunks (stored after each chunk)."""
-        keys = [cache_key(self.model_id, method, params, p) for p in prompts]
+        keys = [cache_key(self.model_key, method, params, p) for p in prompts]
         found = self.cache.get_many(keys) if self.cache is not None else {}
         todo = list(dict.fromkeys(k for k in keys if k not in found))
         prompt_of = dict(zip(keys, prompts, strict=True))
@@ -214,7 +271,7 @@ class Judge:
             found.update(zip(chunk, values, strict=True))
             if self.cache is not None:
                 self.cache.put_many(
-                    [(k, self.model_id, method, v) for k, v in zip(chunk, values, strict=True)]
+                    [(k, self.model_key, method, v) for k, v in zip(chunk, values, strict=True)]
                 )
         hit = set(keys) - set(todo)
         return [(found[k], k in hit) for k in keys]
@@ -415,6 +472,9 @@ class Judge:
                 masses[lab] = math.exp(lp)
             res.append({"label_mass": masses, "top": self._top(got[(i, ())])})
         return res
+
+
+Judge = LogprobJudge  # the name this class had before judge kinds (kept for existing callers)
 
 
 def placeholders(template: str) -> list[str]:
