@@ -33,29 +33,38 @@ def test_thresholds_and_intervals_on_synthetic_sweep(tmp_path):
     cv = cell_view(collect_results(tmp_path))
     es = science.early_stopping(cv, 0.05)
     final = science.pick_rows(cv, es, "final")
-    dom = science.thresholds(final, "domain_accuracy", 0.05, n_boot=300)
-    mis = science.thresholds(final, "misaligned_rate", 0.05, n_boot=300)
-    assert len(dom) == len(mis) == 1
+    base = cv[cv["step"] == 0]
+    dom = science.thresholds(final, "domain_accuracy", 0.05, base_rows=base, n_boot=300)
+    mis = science.thresholds(final, "misaligned_rate", 0.05, base_rows=base, n_boot=300)
+    assert list(dom["reference"]) == list(mis["reference"]) == ["finetune", "base"]
     d, m = dom.iloc[0], mis.iloc[0]
     assert d["threshold"] == 0.5 and d["reference_fraction"] == 1.0
     assert d["reference_value"] == pytest.approx(FINAL_DOMAIN[1.0])
     assert m["threshold"] == 0.75
+    # crossing: domain 0.25 (0.60) fails, 0.5 (0.86) passes the line 0.85 -> 0.25 + 0.25 * 0.25 / 0.26
+    assert d["crossing"] == pytest.approx(0.25 + 0.25 * (0.85 - 0.60) / (0.86 - 0.60))
     for r in (d, m):
-        assert r["ci_lo"] <= r["threshold"] <= r["ci_hi"]
-    # the misaligned rates are far apart relative to n=400: the interval collapses onto the point
-    assert (m["ci_lo"], m["ci_hi"]) == (0.75, 0.75)
+        assert r["threshold_lo"] <= r["threshold"] <= r["threshold_hi"]
+        assert r["crossing_lo"] <= r["crossing"] <= r["crossing_hi"]
+        # no per-question data in these files: the interval says it fell back on the files' own intervals
+        assert "normal from the metrics file" in r["interval_method"]
+    # against the base model (step 0: domain 0.10, misaligned 0.02): every fraction beats the base's domain
+    # accuracy, and the misaligned threshold is the same as against the fine-tune (0.02 both)
+    bd, bm = dom.iloc[1], mis.iloc[1]
+    assert bd["threshold"] == 0.1 and bd["reference_value"] == pytest.approx(0.10)
+    assert bm["threshold"] == 0.75 and bm["reference_value"] == pytest.approx(0.02)
     # a tighter tolerance moves the domain threshold up (0.86 and 0.88 are no longer within 0.01 of 0.90)
     tight = science.thresholds(final, "domain_accuracy", 0.01, n_boot=0)
     assert tight.iloc[0]["threshold"] == 1.0
 
 
-def test_bootstrap_interval_widens_with_few_samples(tmp_path):
-    build_synthetic_sweep(tmp_path, methods=("lora",), n=10)
-    cv = cell_view(collect_results(tmp_path))
-    final = science.pick_rows(cv, science.early_stopping(cv, 0.05), "final")
-    m = science.thresholds(final, "misaligned_rate", 0.05, n_boot=400).iloc[0]
-    assert m["threshold"] == 0.75
-    assert m["ci_hi"] - m["ci_lo"] > 0  # 10 judged samples cannot pin the threshold down
+def test_crossing_points_vectorised():
+    vals = np.array([[0.40, 0.20, 0.04, 0.02], [0.40, 0.06, 0.12, 0.02], [0.40, 0.30, 0.20, 0.10]])
+    fr = np.array([0.25, 0.5, 0.75, 1.0])
+    grid, cross = science.crossing_points(vals, np.array([0.02, 0.02, 0.02]), fr, 0.05, False)
+    assert grid[0] == 0.75 and cross[0] == pytest.approx(0.5 + 0.25 * (0.20 - 0.07) / (0.20 - 0.04))
+    assert grid[1] == 1.0  # 0.5 passes but 0.75 does not: the recovery point is 1.0, not the dip
+    assert np.isnan(grid[2]) and np.isnan(cross[2])  # even the all-correct run fails the line (0.07)
 
 
 def test_early_stopping_picks_known_checkpoints(tmp_path):

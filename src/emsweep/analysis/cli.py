@@ -9,19 +9,26 @@ import typer
 
 def report_cmd(
     root: Path = typer.Argument(
-        ..., help="A sweep output folder (<output_root>/<sweep>), or any folder above it."
+        ...,
+        help="Any run folder: one `emsweep train` run, a sweep output folder (<output_root>/<sweep>), or a "
+        "folder above several sweeps.",
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Report folder (default: ROOT/report)."),
     domain_tolerance: float = typer.Option(
-        0.05, help="Threshold: domain accuracy within this of the all-correct run counts as recovered."
+        0.05, help="Threshold: domain accuracy within this of the reference (fine-tune, base) counts as recovered."
     ),
     misalignment_tolerance: float = typer.Option(
-        0.05, help="Threshold: misaligned rate within this of the all-correct run counts as recovered."
+        0.05, help="Threshold: misaligned rate within this of the reference (fine-tune, base) counts as recovered."
     ),
     early_stop_tolerance: float = typer.Option(
         0.05, help="Early stopping: misaligned rate allowed above the base model's (step 0)."
     ),
-    n_boot: int = typer.Option(1000, help="Bootstrap replicates for the threshold intervals."),
+    tolerance: float | None = typer.Option(
+        None, help="Threshold tolerance for both metrics (overrides --domain-/--misalignment-tolerance)."
+    ),
+    n_boot: int = typer.Option(
+        1000, help="Cluster-bootstrap replicates (questions x seeds) for curve and threshold intervals."
+    ),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     domain_metric: str = typer.Option(
         "auto",
@@ -40,6 +47,7 @@ def report_cmd(
         n_boot=n_boot,
         seed=seed,
         domain_metric=domain_metric,
+        tolerance=tolerance,
     )
     typer.echo(f"results: {index.parent / 'results.csv'}")
     typer.echo(f"report:  {index}")

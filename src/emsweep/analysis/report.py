@@ -19,7 +19,7 @@ import pandas as pd
 from emsweep import __version__
 from emsweep.analysis import science
 from emsweep.analysis.results import REPORT_DIRNAME, cell_view, collect_results, domain_source
-from emsweep.io import atomic_path, atomic_write_text
+from emsweep.io import atomic_path, atomic_write_text, staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,16 @@ def _is_toy(df: pd.DataFrame) -> bool:
     return bool(toy or sweeps.str.contains("demo").any())
 
 
-def build_report(
+def build_report(root: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path:
+    """Everything is computed into a staging folder beside the report and moved in only when all of it is
+    done, so a crash or an error leaves the previous report as it was (emsweep.io.staged_dir)."""
+    out_dir = Path(out) if out else Path(root) / REPORT_DIRNAME
+    with staged_dir(out_dir) as stage:
+        index = _build_report(root, stage, **kwargs)
+    return out_dir / Path(index).relative_to(stage)
+
+
+def _build_report(
     root: str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
     *,
@@ -91,8 +100,12 @@ def build_report(
     n_boot: int = 1000,
     seed: int = 0,
     domain_metric: str = "auto",
+    tolerance: float | None = None,
 ) -> Path:
-    """Gather the results under `root` and write `<out>/index.html` (default `<root>/report/`). Returns it."""
+    """Gather the results under `root` and write `<out>/index.html` (default `<root>/report/`). Returns it.
+    `tolerance` (if given) sets both threshold tolerances."""
+    if tolerance is not None:
+        domain_tolerance = misalignment_tolerance = tolerance
     from emsweep.analysis import plots
 
     root = Path(root)
@@ -112,20 +125,23 @@ def build_report(
     final = science.pick_rows(cv, es, "final")
     early = science.pick_rows(cv, es, "early")
     base = cv[cv["step"] == 0]
-    thr = pd.concat(
-        [
-            science.thresholds(rows, metric, tol, n_boot=n_boot, seed=seed, checkpoint_label=label)
-            for label, rows in (("final", final), ("early-stopped", early))
-            for metric, tol in (
-                ("domain_accuracy", domain_tolerance),
-                ("misaligned_rate", misalignment_tolerance),
-            )
-            if len(rows)
-        ],
-        ignore_index=True,
-    )
+    analysed = [
+        science.analyse(
+            rows, metric, tol, base_rows=base, n_boot=n_boot, seed=seed, checkpoint_label=label
+        )
+        for label, rows in (("final", final), ("early-stopped", early))
+        for metric, tol in (
+            ("domain_accuracy", domain_tolerance),
+            ("misaligned_rate", misalignment_tolerance),
+        )
+        if len(rows)
+    ]
+    thr = _concat([a[0] for a in analysed])
+    curves = _concat([a[1] for a in analysed])
     with atomic_path(out_dir / "thresholds.csv") as tmp:
         thr.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "curves.csv") as tmp:
+        curves.to_csv(tmp, index=False)
     with atomic_path(out_dir / "early_stopping.csv") as tmp:
         es.to_csv(tmp, index=False)
 
@@ -163,10 +179,16 @@ def build_report(
     parts.append(
         f'<p class="note">Root <code>{html.escape(str(root.resolve()))}</code> · {df["cell"].nunique()} cells · '
         f"{cv.shape[0]} cell×checkpoint · {df['suite'].nunique()} suites · {len(df)} metrics files · "
-        f"judge(s): {html.escape(', '.join(sorted(df['judge'].dropna().astype(str).unique())) or '–')} · "
+        f"judge(s): {_judges_html(df)} · "
         f"backend(s): {html.escape(', '.join(sorted(df['backend'].dropna().astype(str).unique())) or '–')} · "
         f"emsweep {__version__} · {time.strftime('%Y-%m-%d %H:%M')}</p>"
     )
+    n_judges = df["judge_id"].dropna().nunique() if "judge_id" in df else 0
+    if n_judges > 1:
+        parts.append(
+            f'<p class="warn"><b>{n_judges} different judges</b> scored these results. Their numbers are never '
+            "pooled: every threshold and curve below is computed per judge identity (the <i>judge</i> column).</p>"
+        )
     if _is_toy(df):
         parts.append(
             '<p class="warn"><b>This is a demo on a tiny model built from random weights.</b> It shows the '
@@ -177,7 +199,8 @@ def build_report(
     parts.append(
         '<p>Tables: <a href="results.csv">results.csv</a> (one row per cell × checkpoint × suite, with '
         '<code>metrics_path</code>), <a href="results.parquet">results.parquet</a>, '
-        '<a href="thresholds.csv">thresholds.csv</a>, <a href="early_stopping.csv">early_stopping.csv</a>. '
+        '<a href="thresholds.csv">thresholds.csv</a>, <a href="curves.csv">curves.csv</a> (each fraction\'s '
+        'value with its cluster-bootstrap interval), <a href="early_stopping.csv">early_stopping.csv</a>. '
         "Every number below links to the <code>metrics.json</code> it came from. Domain accuracy comes from "
         "the <code>domain</code> suites ("
         + (
@@ -205,51 +228,24 @@ def build_report(
     # thresholds
     parts.append("<h2>Thresholds</h2>")
     parts.append(
-        f'<p class="note">The lowest fraction correct from which every higher fraction is within the tolerance of '
-        f"the all-correct run (domain accuracy ≥ reference − {domain_tolerance:g}; misaligned rate ≤ reference + "
-        f"{misalignment_tolerance:g}). Interval: 2.5–97.5 percentiles over {n_boot} bootstrap replicates that "
-        "resample seeds and redraw every rate as Binomial(n, rate)/n from its judged-sample count (see Method).</p>"
+        f'<p class="note">Read twice, against the <b>fine-tune</b> (the all-correct run) and against the <b>base '
+        f"model</b> (step 0): the lowest fraction correct from which every higher fraction is within the "
+        f"tolerance of the reference (domain accuracy ≥ reference − {domain_tolerance:g}; misaligned rate ≤ "
+        f"reference + {misalignment_tolerance:g}). <i>threshold</i> is that grid fraction; <i>crossing</i> is "
+        "where the line between the last failing fraction and the threshold meets the tolerance line. Intervals: "
+        f"2.5–97.5 percentiles over {n_boot} cluster-bootstrap replicates that resample questions (shared by "
+        "every run of a group) and seeds (see Method); “not reached” means the highest fraction fails. The grid "
+        "threshold's interval moves by whole grid steps, so it is conservative; the crossing's is the one with "
+        "nominal coverage.</p>"
     )
-    trows = []
-    for _, r in thr.iterrows():
-        trows.append(
-            [
-                _fmt(r.get("domain")),
-                _fmt(r.get("wrong_kind")),
-                _fmt(r.get("method")),
-                html.escape(str(r.get("model", "")).rstrip("/").split("/")[-1]),
-                r["checkpoint"],
-                science_label(r["metric"]),
-                _fmt(r["tolerance"], 2),
-                _fmt(r["reference_fraction"], 2),
-                links.num(r["reference_value"], None),
-                "not reached"
-                if r["threshold"] is None or pd.isna(r["threshold"])
-                else _fmt(r["threshold"], 2),
-                f"[{_fmt(r['ci_lo'], 2)}, {_fmt(r['ci_hi'], 2)}]",
-                html.escape(r["values"]),
-            ]
-        )
-    parts.append(
-        _table(
-            [
-                "domain",
-                "wrong kind",
-                "method",
-                "model",
-                "checkpoint",
-                "metric",
-                "tol",
-                "ref. fraction",
-                "ref. value",
-                "threshold",
-                "95 % interval",
-                "values by fraction (" + (thr["fractions"].iloc[0] if len(thr) else "") + ")",
-            ],
-            trows,
-            left=6,
-        )
-    )
+    parts.append(_thresholds_table(thr))
+    if len(curves):
+        one_seed = curves[curves["n_seeds"] == 1]
+        if len(one_seed):
+            parts.append(
+                '<p class="note">Fractions with a single seed: their intervals cover question and sampling noise, '
+                "not seed-to-seed variation (run several seeds for that).</p>"
+            )
 
     # early stopping
     parts.append("<h2>Early stopping</h2>")
@@ -388,6 +384,92 @@ def build_report(
     index = atomic_write_text(out_dir / "index.html", page)
     log.info("report written to %s", index)
     return index
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _interval(lo: Any, hi: Any, digits: int = 2) -> str:
+    def one(v: Any) -> str:
+        if v is not None and not pd.isna(v) and np.isinf(float(v)):
+            return "not reached"
+        return _fmt(v, digits)
+
+    if (lo is None or pd.isna(lo)) and (hi is None or pd.isna(hi)):
+        return "–"
+    return f"[{one(lo)}, {one(hi)}]"
+
+
+def _judges_html(df: pd.DataFrame) -> str:
+    """Every judge identity in the results, with its model/kind (version-1 files: the judge's name only)."""
+    if "judge_id" not in df:
+        return "–"
+    seen = []
+    for jid, g in df.dropna(subset=["judge_id"]).groupby("judge_id", sort=True):
+        model = g["judge_model"].dropna().astype(str)
+        kind = g["judge_kind"].dropna().astype(str) if "judge_kind" in g else pd.Series(dtype=str)
+        desc = " ".join(x for x in (kind.iloc[0] if len(kind) else "", model.iloc[0] if len(model) else "") if x)
+        seen.append(f"<code>{html.escape(str(jid))}</code>" + (f" ({html.escape(desc)})" if desc else ""))
+    return ", ".join(seen) or "–"
+
+
+def _thresholds_table(thr: pd.DataFrame) -> str:
+    if thr.empty:
+        return (
+            '<p class="note">No thresholds: they need the fraction correct of each run (from its recipe) and a '
+            "domain accuracy or misaligned rate.</p>"
+        )
+    rows = []
+    for _, r in thr.iterrows():
+        thr_v = r.get("threshold")
+        rows.append(
+            [
+                _fmt(r.get("domain")),
+                _fmt(r.get("wrong_kind")),
+                _fmt(r.get("method")),
+                html.escape(str(r.get("model") or "–").rstrip("/").split("/")[-1]),
+                f'<span title="{html.escape(str(r.get("judge_model") or ""))}">{_fmt(r.get("judge_id"))}</span>',
+                html.escape(str(r["checkpoint"])),
+                science_label(r["metric"]),
+                f"fine-tune (f={_fmt(r.get('reference_fraction'), 2)})"
+                if r["reference"] == "finetune"
+                else "base model (step 0)",
+                _fmt(r["tolerance"], 2),
+                f"{_fmt(r['reference_value'])} {_interval(r.get('reference_lo'), r.get('reference_hi'), 3)}",
+                ("not reached" if thr_v is None or pd.isna(thr_v) else _fmt(thr_v, 2))
+                + f" {_interval(r.get('threshold_lo'), r.get('threshold_hi'))}",
+                ("–" if pd.isna(r.get("crossing")) else _fmt(r.get("crossing"), 3))
+                + f" {_interval(r.get('crossing_lo'), r.get('crossing_hi'), 3)}",
+                html.escape(f"{r['fractions']}: {r['values']}"),
+                html.escape(str(r.get("n_seeds", ""))),
+                html.escape(str(r.get("interval_method", ""))) + (
+                    f"<br><i>{html.escape(str(r['note']))}</i>" if r.get("note") else ""
+                ),
+            ]
+        )
+    return _table(
+        [
+            "domain",
+            "wrong kind",
+            "method",
+            "model",
+            "judge",
+            "checkpoint",
+            "metric",
+            "reference",
+            "tol",
+            "ref. value [95 %]",
+            "threshold [95 %]",
+            "crossing [95 %]",
+            "values by fraction",
+            "seeds",
+            "interval",
+        ],
+        rows,
+        left=8,
+    )
 
 
 def science_label(metric: str) -> str:

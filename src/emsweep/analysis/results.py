@@ -1,7 +1,14 @@
-"""Gather every `metrics.json` under a root into one table, joined with each cell's `cell.json` axes.
+"""Gather every `metrics.json` under a root into one table, joined with each run's `cell.json`.
 
-One row per cell x checkpoint x suite, with `metrics_path` so every number traces back to its file. The
-per-cell view (`cell_view`) folds the suites into one row per cell x checkpoint: domain accuracy from the
+One row per cell x checkpoint x suite, with `metrics_path` so every number traces back to its file. Any run
+folder works: a single `emsweep train` run, a sweep, several sweeps under one root. The study's fields (domain,
+fraction correct, wrong kind, method, seed, model) come from the run's resolved recipe (`cell.json["recipe"]`),
+falling back to the sweep's axis record only where a cell.json carries no recipe; a value found nowhere is
+missing (NaN / empty), never an error. Metrics files of schema version 1 and 2 are read (version-2 fields -
+`judge_identity`, `judge_metrics`, `per_question` - are missing values in version-1 files); any other version is
+an error naming the file. Results are grouped by judge identity (`judge_id`), so different judges never pool.
+
+The per-cell view (`cell_view`) folds the suites into one row per cell x checkpoint: domain accuracy from the
 `domain` suites, misaligned rate from the `alignment` suites (n-weighted when a cell has several).
 """
 
@@ -17,11 +24,12 @@ import pandas as pd
 from pydantic import ValidationError
 
 from emsweep.config import format_validation_error
-from emsweep.evals.schema import METRICS_SCHEMA_VERSION, CheckpointMetrics
+from emsweep.evals.schema import CheckpointMetrics
 from emsweep.io import InputError
 from emsweep.layout import checkpoint_step
 
 AXES = ["domain", "fraction_correct", "wrong_kind", "method", "seed", "model"]
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # 2 adds judge_identity, judge_metrics, per_question (read when present)
 CI_METRICS = ["misaligned_rate", "aligned_mean", "coherent_mean", "dangerous_rate", "domain_accuracy"]
 REPORT_DIRNAME = "report"
 
@@ -44,10 +52,11 @@ def _load_metrics(path: Path) -> CheckpointMetrics:
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a JSON object")
     version = raw.get("schema_version")
-    if version != METRICS_SCHEMA_VERSION:
-        older = isinstance(version, int) and version < METRICS_SCHEMA_VERSION
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        older = isinstance(version, int) and version < min(SUPPORTED_SCHEMA_VERSIONS)
         raise InputError(
-            f"{path}: metrics schema_version {version!r} but this emsweep reads version {METRICS_SCHEMA_VERSION}"
+            f"{path}: metrics schema_version {version!r} but this emsweep reads versions "
+            f"{', '.join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)}"
             + (
                 " (an older schema): re-run the evaluation of that cell (`emsweep sweep cell SWEEP --cell ID "
                 "--stages eval --force`) to rewrite it"
@@ -55,10 +64,75 @@ def _load_metrics(path: Path) -> CheckpointMetrics:
                 else ": upgrade emsweep to read it"
             )
         )
+    # version-2 fields this emsweep's schema may not declare yet: read them here, validate the rest
+    v2 = {k: raw.pop(k) for k in V2_FIELDS if k in raw and k not in CheckpointMetrics.model_fields}
     try:
-        return CheckpointMetrics.model_validate(raw)
+        m = CheckpointMetrics.model_validate(raw)
     except ValidationError as exc:
         raise InputError(format_validation_error(exc, str(path))) from None
+    _V2_CACHE[str(path)] = {k: v2.get(k, getattr(m, k, None)) for k in V2_FIELDS}
+    return m
+
+
+V2_FIELDS = ("judge_identity", "judge_metrics", "per_question")
+_V2_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def v2_fields(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """`judge_identity`, `judge_metrics`, `per_question` of a metrics file (None where the file has none)."""
+    key = str(path)
+    if key not in _V2_CACHE:
+        _load_metrics(Path(key))
+    return _V2_CACHE[key]
+
+
+def _num(v: Any) -> float:
+    """A number, or NaN for anything missing or non-numeric (a report never fails on a missing value)."""
+    if v is None or isinstance(v, bool):
+        return float("nan")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _study_fields(info: dict[str, Any]) -> dict[str, Any]:
+    """Domain, fraction, wrong kind, method, seed, model of a run: its resolved recipe first, then the sweep's
+    axis record (older cell.json files), else missing."""
+    axes = dict(info.get("axes") or {})
+    recipe = info.get("recipe") or {}
+    data = recipe.get("data") or {}
+    model = recipe.get("model") or {}
+    domain = data.get("domain")
+    if domain in (None, "custom") and data.get("builtin"):
+        domain = data["builtin"]
+    from_recipe = {
+        "domain": domain,
+        "fraction_correct": data.get("fraction_correct"),
+        "wrong_kind": data.get("wrong_kind"),
+        "method": recipe.get("method") or info.get("method"),
+        "seed": data.get("seed"),
+        "model": model.get("path"),
+    }
+    out = {}
+    for a in AXES:
+        v = from_recipe.get(a)
+        out[a] = v if v is not None else axes.get(a)
+    out["fraction_correct"] = _num(out["fraction_correct"])
+    return out
+
+
+def _judge_fields(m: CheckpointMetrics, v2: dict[str, Any]) -> dict[str, Any]:
+    ident = v2.get("judge_identity") or {}
+    if not isinstance(ident, dict):
+        ident = {}
+    jid = ident.get("id")
+    return {
+        "judge_id": str(jid) if jid else (f"name:{m.judge}" if m.judge else None),
+        "judge_kind": ident.get("kind"),
+        "judge_model": ident.get("model") or m.judge,
+        "judge_fingerprint": ident.get("fingerprint"),
+    }
 
 
 def _cell_info(cell_root: Path, cache: dict[Path, dict[str, Any]]) -> dict[str, Any]:
@@ -95,10 +169,11 @@ def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
         info = _cell_info(cell_root, cache)
         axes = dict(info.get("axes") or {})
         recipe = info.get("recipe") or {}
+        v2 = v2_fields(p)
         row: dict[str, Any] = {
             "sweep": info.get("sweep"),
             "cell": m.cell,
-            **{a: axes.get(a) for a in AXES},
+            **_study_fields(info),
             "checkpoint": m.checkpoint,
             "step": m.step if m.step is not None else checkpoint_step(m.checkpoint),
             "suite": m.suite,
@@ -121,9 +196,19 @@ def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
             "backend",
         ):
             row[k] = getattr(m, k)
+        row.update(_judge_fields(m, v2))
+        row["schema_version"] = m.schema_version
+        row["has_per_question"] = bool(v2.get("per_question"))
+        for name, jm in sorted((v2.get("judge_metrics") or {}).items()):  # every metric the suite declares
+            jm = jm if isinstance(jm, dict) else {}
+            ci = jm.get("ci") or [None, None]
+            row[f"judge:{name}_mean"] = jm.get("mean")
+            row[f"judge:{name}_lo"], row[f"judge:{name}_hi"] = ci[0], ci[1]
+            row[f"judge:{name}_n"] = jm.get("n")
+            row[f"judge:{name}_none_rate"] = jm.get("none_rate")
         for k, v in axes.items():  # any extra sweep axes (learning rate, ...)
-            if k not in row:
-                row[f"axis:{k}" if k in row else k] = v
+            if k not in row and k not in AXES:
+                row[k] = v
         # domains with an answer checker (builtin arithmetic) also carry an exact accuracy that needs no judge
         ex = m.extra.get("exact_accuracy")
         ex_ci = m.extra.get("exact_accuracy_ci")
@@ -136,6 +221,8 @@ def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
         row["cell_dir"] = str(cell_root)
         rows.append(row)
     df = pd.DataFrame(rows)
+    for c in ("fraction_correct", "step", *[f"{k}{s}" for k in CI_METRICS for s in ("", "_lo", "_hi")]):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
     # a root above several sweeps may hold the same cell id twice: name cells by their folder below root then
     if df.groupby("cell")["cell_dir"].nunique().max() > 1:
         df["cell"] = [os.path.relpath(d, root) for d in df["cell_dir"]]
@@ -169,19 +256,28 @@ def cell_view(df: pd.DataFrame, domain_metric: str = "auto") -> pd.DataFrame:
     """One row per cell x checkpoint: domain accuracy (domain suites) and misaligned rate (alignment suites),
     with their intervals, n, and the metrics files they came from. With an exact answer checker (see
     `domain_source`) the exact accuracy stands in for the judge's domain accuracy."""
-    if domain_source(df, domain_metric) == "exact":
+    dsrc = domain_source(df, domain_metric)
+    if dsrc == "exact":
         df = df.copy()
         dom = df["suite_kind"] == "domain"
         for a, b in (("", ""), ("_lo", "_lo"), ("_hi", "_hi")):
             df.loc[dom, f"domain_accuracy{a}"] = df.loc[dom, f"exact_accuracy{b}"]
         df.loc[dom, "n"] = df.loc[dom, "n_exact"].fillna(df.loc[dom, "n"])
     keys = ["cell", "step", "checkpoint"]
-    group_cols = [c for c in ["sweep", *AXES, "init_shape"] if c in df.columns]
+    group_cols = [c for c in ["sweep", *AXES, "init_shape", "cell_dir"] if c in df.columns]
     rows = []
     for (cell, step, ckpt), g in df.groupby(keys, sort=True, dropna=False):
         row: dict[str, Any] = {"cell": cell, "step": int(step), "checkpoint": ckpt}
         for c in group_cols:
             row[c] = g[c].iloc[0]
+        # the judges behind this row's numbers: rows with other judges never pool with these (science groups
+        # by judge_id); the exact domain checker needs no judge, so it does not count then
+        judged = g if dsrc != "exact" else g[g["suite_kind"] != "domain"]
+        ids = sorted({str(j) for j in judged.get("judge_id", pd.Series(dtype=object)).dropna()})
+        row["judge_id"] = " + ".join(ids) if ids else None
+        models = sorted({str(j) for j in judged.get("judge_model", pd.Series(dtype=object)).dropna()})
+        row["judge_model"] = " + ".join(models) if models else None
+        row["domain_stat"] = "exact_accuracy" if dsrc == "exact" else "domain_accuracy"
         for metric, kind in (("domain_accuracy", "domain"), ("misaligned_rate", "alignment")):
             sub = g[(g["suite_kind"] == kind) & g[metric].notna()]
             if sub.empty:
