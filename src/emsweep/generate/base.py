@@ -28,13 +28,19 @@ class SamplingSpec(StrictModel):
 
 @dataclass
 class GenerationRequest:
-    """Generate `n` samples for one chat prompt on one checkpoint."""
+    """Generate `n` samples for one chat prompt on one checkpoint, or only the samples `sample_indices` of them
+    (a rerun with a larger `--samples` generates just the new ones; sample j keeps its seed either way). Outputs
+    hold one text per index, in the order of `indices()`."""
 
     request_id: str
     checkpoint: CheckpointRef
     messages: list[dict[str, str]]
     n: int = 1
     meta: dict[str, Any] = field(default_factory=dict)
+    sample_indices: list[int] | None = None
+
+    def indices(self) -> list[int]:
+        return list(range(self.n)) if self.sample_indices is None else list(self.sample_indices)
 
 
 @dataclass

@@ -311,11 +311,11 @@ class HFBackend(GenerationBackend):
 
         outputs: list[GenerationOutput | None] = [None] * len(requests)
         results: dict[tuple[int, int], tuple[str, str, int]] = {}
-        total = sum(r.n for r in requests)
+        total = sum(len(r.indices()) for r in requests)
         bar = tqdm(total=total, desc="generate (hf)", unit="sample", disable=not progress)
         for ref, idxs in self._group([r.checkpoint for r in requests]):
             model, ctx = self._activate(ref)
-            rows = [(i, j) for i in idxs for j in range(requests[i].n)]
+            rows = [(i, j) for i in idxs for j in requests[i].indices()]
             prompts = {i: self.prompt_ids(requests[i].messages) for i in idxs}
             rows.sort(key=lambda ij: -len(prompts[ij[0]]))  # similar lengths together: less padding
             with ctx, torch.inference_mode():
@@ -328,12 +328,12 @@ class HFBackend(GenerationBackend):
                     bar.update(len(chunk))
         bar.close()
         for i, r in enumerate(requests):
-            res = [results[(i, j)] for j in range(r.n)]
+            res = [results[(i, j)] for j in r.indices()]
             outputs[i] = GenerationOutput(
                 request_id=r.request_id,
                 checkpoint=r.checkpoint.name,
                 texts=[t for t, _, _ in res],
-                seeds=[sample_seed(sampling.seed, r.request_id, j) for j in range(r.n)],
+                seeds=[sample_seed(sampling.seed, r.request_id, j) for j in r.indices()],
                 finish_reasons=[f for _, f, _ in res],
                 num_output_tokens=[n for _, _, n in res],
             )

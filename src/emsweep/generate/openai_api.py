@@ -33,6 +33,7 @@ from emsweep.generate.base import (
     LogprobRequest,
     SamplingSpec,
     TokenLogprob,
+    sample_seed,
 )
 from emsweep.io import InputError, atomic_write_json, atomic_write_text, sha256_text
 from emsweep.layout import CheckpointRef
@@ -249,11 +250,14 @@ class OpenAIChatBackend(GenerationBackend):
         body: dict[str, Any] = {
             "model": self.model_for(req.checkpoint),
             "messages": req.messages,
-            "n": req.n,
+            "n": len(req.indices()),
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "max_tokens": sampling.max_tokens,
-            "seed": sampling.seed,
+            # samples 0.. use the run's seed; a top-up of samples j.. gets its own, so it does not repeat them
+            "seed": sampling.seed
+            if not req.sample_indices or req.sample_indices[0] == 0
+            else sample_seed(sampling.seed, req.request_id, req.sample_indices[0]),
         }
         if sampling.ignore_eos:
             if not self.accepts_ignore_eos:
@@ -352,7 +356,9 @@ class OpenAIChatBackend(GenerationBackend):
                 f"{self.name} generate",
                 progress,
             )
-        return [self._parse_generation(r, d, sampling.seed) for r, d in zip(requests, datas, strict=True)]
+        return [
+            self._parse_generation(r, d, b["seed"]) for r, d, b in zip(requests, datas, bodies, strict=True)
+        ]
 
     def top_logprobs(
         self, requests: Sequence[LogprobRequest], *, progress: bool = True

@@ -522,7 +522,7 @@ class VLLMBackend(GenerationBackend):
                 req = requests[i]
                 ids = self.prompt_ids(req.messages)
                 lora = self._lora_of(req.checkpoint)
-                for j in range(req.n):
+                for j in req.indices():
                     # one vLLM request per sample, seeded like every other backend (sample_seed)
                     params.append(
                         SamplingParams(
@@ -549,13 +549,13 @@ class VLLMBackend(GenerationBackend):
                 results[key] = (text, c.finish_reason or "length", len(toks))
         outputs = []
         for i, r in enumerate(requests):
-            res = [results[(i, j)] for j in range(r.n)]
+            res = [results[(i, j)] for j in r.indices()]
             outputs.append(
                 GenerationOutput(
                     request_id=r.request_id,
                     checkpoint=r.checkpoint.name,
                     texts=[t for t, _, _ in res],
-                    seeds=[sample_seed(sampling.seed, r.request_id, j) for j in range(r.n)],
+                    seeds=[sample_seed(sampling.seed, r.request_id, j) for j in r.indices()],
                     finish_reasons=[f for _, f, _ in res],
                     num_output_tokens=[n for _, _, n in res],
                 )
