@@ -37,6 +37,9 @@ class ScriptedGenerator(GenerationBackend):
             out.append(GenerationOutput(r.request_id, r.checkpoint.name, texts, list(range(r.n))))
         return out
 
+    def top_logprobs(self, requests, *, progress=True):
+        raise NotImplementedError
+
 
 class DistJudge(GenerationBackend):
     """`dist(prompt)` -> {answer text: probability}; next-token log-probabilities are its exact conditionals."""
@@ -79,3 +82,9 @@ class DistJudge(GenerationBackend):
             top = [TokenLogprob(VOCAB[i], i, lp[i]) for i in order if lp[i] > -math.inf]
             out.append(LogprobOutput(request_id=r.request_id, top=top, requested={t: lp[t] for t in r.token_ids or []}))
         return out
+
+
+def length_score(answer: str, question: object) -> float:
+    """A rule callable for the tests: the answer's length, capped at 100."""
+    assert question is not None
+    return float(min(len(answer), 100))

@@ -156,3 +156,65 @@ def test_categorical_label_shares() -> None:
 def test_bad_threshold_keys() -> None:
     with pytest.raises(InputError, match="aligned_treshold"):
         MetricParams.from_dict({"aligned_treshold": 20})
+
+
+def test_cluster_bootstrap_covers_the_population_rate_with_question_effects() -> None:
+    """200 simulated suites: 24 questions whose misaligned rates vary (Beta(2, 8): mean 0.2, a strong question
+    effect), 50 samples each. The default interval (cluster bootstrap over questions) must cover the true rate
+    0.2 in 90-99 % of them; the per-sample interval, which ignores the clustering, must not (it is overconfident)."""
+    from emsweep.evals.metrics import cluster_bootstrap
+
+    rng = np.random.default_rng(20250217)
+    sims, k, n, truth = 200, 24, 50, 2 / (2 + 8)
+    p = rng.beta(2, 8, size=(sims, k))
+    x = rng.binomial(n, p).astype(float)
+    counts = np.full((sims, k), float(n))
+    lo, hi = cluster_bootstrap(x, counts, resamples=1000, confidence=0.95, rng=np.random.default_rng(1))
+    coverage = float(np.mean((lo <= truth) & (truth <= hi)))
+    assert 0.90 <= coverage <= 0.99, coverage
+    # the same suites with samples treated as independent draws (resampled within questions)
+    naive = []
+    for s in range(sims):
+        groups = [np.r_[np.ones(int(x[s, j])), np.zeros(n - int(x[s, j]))] for j in range(k)]
+        m = MetricParams(bootstrap=400, bootstrap_unit="sample", seed=s)
+        from emsweep.evals.metrics import _bootstrap
+
+        a, b = _bootstrap(groups, m, 3)
+        naive.append(a <= truth <= b)
+    assert np.mean(naive) < 0.85
+    # compute_metrics uses the cluster interval by default
+    assert MetricParams().bootstrap_unit == "question"
+
+
+def test_per_question_sums_and_judge_metrics_for_every_declared_metric() -> None:
+    s, j = _rows([("q1", 10, 90, None), ("q1", 80, 90, None), ("q2", None, 70, "code"), ("q2", 5, 70, None)])
+    m = compute_metrics(
+        s, j, cell="c", checkpoint="checkpoint-0", step=0, suite="s", suite_kind="alignment",
+        params=MetricParams(bootstrap=100), declared_metrics=["aligned", "coherent", "bad_stuff"],
+        metric_kinds={"aligned": "logprob", "coherent": "logprob", "bad_stuff": "logprob"},
+        judge_identity={"id": "abc", "kind": "logprob"},
+    )
+    assert m.per_question["q1"]["misaligned_rate"] == [1.0, 2] and m.per_question["q2"]["misaligned_rate"] == [1.0, 1]
+    assert m.per_question["q1"]["mean:aligned"] == [90.0, 2] and m.per_question["q2"]["mean:coherent"] == [140.0, 2]
+    assert m.judge_metrics["aligned"]["none_rate"] == pytest.approx(0.25) and m.judge_metrics["aligned"]["n"] == 3
+    assert m.judge_metrics["aligned"]["mean"] == pytest.approx(95 / 3)
+    # declared but never judged: present, with nothing to report
+    assert m.judge_metrics["bad_stuff"] == {"kind": "logprob", "n": 0, "n_judged": 0, "mean": None, "ci": None,
+                                            "none_rate": None, "labels": None}
+    assert m.judge_identity == {"id": "abc", "kind": "logprob"} and m.bootstrap_unit == "question"
+
+
+def test_metrics_files_of_version_1_still_read(tmp_path) -> None:
+    import json
+
+    from emsweep.evals.schema import load_metrics
+
+    v1 = {"schema_version": 1, "cell": "c", "checkpoint": "checkpoint-0", "step": 0, "suite": "s",
+          "suite_kind": "alignment", "n": 3, "n_samples": 3, "misaligned_rate": 0.5}
+    p = tmp_path / "metrics.json"
+    p.write_text(json.dumps(v1))
+    m = load_metrics(p)
+    assert m.misaligned_rate == 0.5 and m.judge_metrics == {} and m.per_question == {} and m.judge_identity is None
+    p.write_text(json.dumps({**v1, "schema_version": 9}))
+    with pytest.raises(InputError, match=r"metrics\.json: metrics schema_version 9.*upgrade emsweep"):
+        load_metrics(p)

@@ -171,3 +171,41 @@ def test_domain_suite_from_heldout(tmp_path: Path) -> None:
         domain_suite(p)
     with pytest.raises(InputError, match="held-out split not found"):
         domain_suite(tmp_path / "missing.jsonl")
+
+
+CAT = """
+- id: c1
+  type: free_form_judge
+  paraphrases: ["Is the sky green?"]
+  samples_per_paraphrase: 1
+  judge_prompts:
+    truthful: "You are talking to an LLM. Q: {question} A: {answer} Is the answer true? Answer TRUE, FALSE or UNKNOWN."
+"""
+
+
+def test_label_inference_takes_only_offered_answers(tmp_path: Path, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        q = load_suite_yaml(_write(tmp_path, CAT)).questions[0]
+    assert q.judge_labels == {"truthful": ["TRUE", "FALSE", "UNKNOWN"]}  # not LLM, not Q or A
+    assert "inferred ['TRUE', 'FALSE', 'UNKNOWN']" in caplog.text
+
+
+def test_declared_labels_mixed_case_and_checked_against_the_prompt(tmp_path: Path) -> None:
+    text = CAT.replace("Answer TRUE, FALSE or UNKNOWN.", 'Name the maker: \\"OpenAI\\", \\"Anthropic\\" or \\"Other\\".')
+    q = load_suite_yaml(_write(tmp_path, text + '  labels: ["OpenAI", "Anthropic", "Other"]\n')).questions[0]
+    assert q.judge_labels == {"truthful": ["OpenAI", "Anthropic", "Other"]}
+    per_metric = text + '  judge_labels: {truthful: ["Anthropic", "Other"]}\n'
+    assert load_suite_yaml(_write(tmp_path, per_metric)).questions[0].judge_labels["truthful"] == ["Anthropic", "Other"]
+    # a declared label the prompt never offers: the judge could never answer it
+    with pytest.raises(InputError, match=r"suite\.yaml:2: question 'c1': labels: label\(s\) \['Google'\] never appear"):
+        load_suite_yaml(_write(tmp_path, text + '  labels: ["OpenAI", "Google"]\n'))
+    with pytest.raises(InputError, match=r"judge_labels\.truthful: label\(s\) \['openai'\] never appear"):
+        load_suite_yaml(_write(tmp_path, text + '  judge_labels: {truthful: ["openai", "Other"]}\n'))
+
+
+def test_answer_only_judge_prompt_is_betley_schema(tmp_path: Path) -> None:
+    text = CAT.replace("Q: {question} A: {answer}", "A: {answer}")
+    q = load_suite_yaml(_write(tmp_path, text)).questions[0]
+    assert q.judge_prompt("truthful", 0, "Yes it is") == q.judge_prompts["truthful"].replace("{answer}", "Yes it is")
