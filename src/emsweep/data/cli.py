@@ -356,6 +356,44 @@ def builtin(
         typer.echo(f"{out / o['path']}: {o['rows']} rows ({key})")
 
 
+_EPILOG_GET = """Examples:
+
+  emsweep data get --list
+
+  emsweep data get em-code --root data          (writes data/em-code/insecure.jsonl, ... and emsweep-sources.lock.json)
+
+  EMSWEEP_ZIP_PASSWORD=... emsweep data get persona-health --dest data/health
+
+  emsweep data get my-set --registry my_sources.yaml
+"""
+
+
+@data_app.command("get", epilog=_EPILOG_GET)
+def get(
+    name: str | None = typer.Argument(None, help="Source name (see --list)."),
+    root: Path = typer.Option(Path("data"), "--root", help="Data root; the source goes to ROOT/NAME."),
+    dest: Path | None = typer.Option(None, "--dest", help="Exact folder for the files (instead of ROOT/NAME)."),
+    registry: Path | None = typer.Option(
+        None, "--registry", help="Extra YAML registry (same schema; replaces built-in sources by name)."
+    ),
+    list_: bool = typer.Option(False, "--list", help="List the known sources and exit."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Fetch a known upstream source (resumable, sha256-checked), showing its licence and citation."""
+    from emsweep.data.get import get_source, list_sources
+
+    if list_ or name is None:
+        rows = list_sources(registry)
+        for r in rows:
+            typer.echo(
+                f"{r['name']:<26} {r['access']:<8} {r['files']} file(s), {r['pinned']} pinned  {r['description']}"
+            )
+        if not list_:
+            raise InputError("data get: name a source (one of the above)")
+        return
+    get_source(name, root, registry=registry, dest=dest, progress=not no_progress, echo=typer.echo)
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
     app.add_typer(data_app, name="data")
