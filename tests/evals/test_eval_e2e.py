@@ -159,6 +159,8 @@ def test_rerun_generates_nothing_and_makes_no_judge_calls(evaluated, trained: Pa
             str(trained / "base"),
             "--judge-min-mass",
             "0",
+            "--judge-max-pruned-mass",
+            "0.009",
             "--max-tokens",
             "8",
             "--seed",

@@ -63,6 +63,12 @@ def _thresholds(items: list[str] | None) -> dict[str, float | int | str]:
     return out
 
 
+def _judge_options(min_mass: float | None, max_pruned: float | None) -> dict[str, float] | None:
+    """The judge settings given on the command line (they override the recipe's `eval.judge`)."""
+    out = {k: v for k, v in (("min_number_mass", min_mass), ("max_pruned_mass", max_pruned)) if v is not None}
+    return out or None
+
+
 def _sampling(
     max_tokens: int | None, temperature: float | None, top_p: float | None, seed: int | None, base: dict
 ):
@@ -101,6 +107,9 @@ def register(app: typer.Typer) -> None:
         judge_min_mass: float = typer.Option(
             None, help="Score is None when numbers hold under this probability (Betley: 0.25)."
         ),
+        judge_max_pruned_mass: float = typer.Option(
+            None, help="Probability the judge's digit trie may leave unexplored (default 2e-9; part of its identity)."
+        ),
         samples: int = typer.Option(
             None, "--samples", "-n", min=1, help="Samples per paraphrase (overrides the suites; >= 1)."
         ),
@@ -118,7 +127,7 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs only)."),
     ) -> None:
         """Generate, judge and score every checkpoint of a run on the given suites; skips what is done."""
-        from emsweep.evals.run import cell_recipe, evaluate_run
+        from emsweep.evals.run import EvalOptions, cell_recipe, evaluate_run
         from emsweep.io import InputError
 
         if not run_dir.is_dir():
@@ -128,9 +137,7 @@ def register(app: typer.Typer) -> None:
         if not suites:
             raise InputError("give at least one --suite (e.g. --suite alignment_mini --suite domain)")
         base = dict(recipe.eval.sampling) if recipe else {}
-        res = evaluate_run(
-            run_dir,
-            suites,
+        opts = EvalOptions(
             checkpoints=checkpoints,
             backend_kind=backend,
             base_model=base_model,
@@ -139,14 +146,14 @@ def register(app: typer.Typer) -> None:
             judge_backend=judge_backend,
             judge_base_url=judge_base_url,
             judge_cache=judge_cache,
-            judge_options=None if judge_min_mass is None else {"min_number_mass": judge_min_mass},
+            judge_options=_judge_options(judge_min_mass, judge_max_pruned_mass),
             sampling=_sampling(max_tokens, temperature, top_p, seed, base),
             samples_per_paraphrase=samples,
             batch_size=batch_size,
             thresholds=_thresholds(threshold) if threshold else None,
-            recipe=recipe,
             progress=not no_progress,
         )
+        res = evaluate_run(run_dir, suites, opts, recipe=recipe)
         typer.echo(res.summary())
 
     @app.command("judge", epilog=_EX_JUDGE)
@@ -171,6 +178,9 @@ def register(app: typer.Typer) -> None:
         ),
         judge_min_mass: float = typer.Option(
             None, help="Score is None when numbers hold under this probability (Betley: 0.25)."
+        ),
+        judge_max_pruned_mass: float = typer.Option(
+            None, help="Probability the judge's digit trie may leave unexplored (default 2e-9; part of its identity)."
         ),
         suite: list[str] = typer.Option(
             None, "--suite", "-s", help="Only these suite names (default: all found)."
@@ -226,7 +236,7 @@ def register(app: typer.Typer) -> None:
             judge_backend=kind,
             judge_base_url=judge_base_url,
             judge_cache=judge_cache,
-            judge_options=None if judge_min_mass is None else {"min_number_mass": judge_min_mass},
+            judge_options=_judge_options(judge_min_mass, judge_max_pruned_mass),
             batch_size=batch_size,
             thresholds=_thresholds(threshold) if threshold else None,
             progress=not no_progress,

@@ -476,6 +476,11 @@ def evaluate_run(
         spec = _judge_spec(
             ev.judge if ev else None, o.judge_model, o.judge_backend, o.judge_base_url, o.judge_options
         )
+    if judge is None and spec is None and any(q.type != "rule" for s in suite_objs for q in s.questions):
+        raise InputError(
+            "the suites have questions judged by a model, but no judge model was given: pass --judge MODEL "
+            "(or set eval.judge.model in the recipe)"
+        )
     jg = _open_judging(
         judge, spec, Path(o.judge_cache or default_cache_path(run_dir)), batch_size, o.progress, None
     )
