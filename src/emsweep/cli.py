@@ -5,7 +5,9 @@ Heavy libraries (torch, transformers, vllm) are imported inside commands so that
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 
 import typer
@@ -56,7 +58,12 @@ def _root(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show full tracebacks instead of one-line errors (also EMSWEEP_DEBUG=1)."
+    ),
 ) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -96,13 +103,65 @@ def _add_default_examples(typer_app: typer.Typer) -> None:
 _add_default_examples(app)
 
 
+DEBUG_ENV = "EMSWEEP_DEBUG"
+
+_OS_HINTS = {
+    errno.EROFS: "the filesystem is read-only: write to another folder (--out / --output-dir / output_root)",
+    errno.EACCES: "no permission: check the owner and mode of that path (ls -ld), or write somewhere else",
+    errno.EPERM: "operation not permitted: check the owner and mode of that path, or write somewhere else",
+    errno.ENOSPC: "the disk is full: free space (old checkpoints, caches) or write to another filesystem",
+    errno.EDQUOT: "your disk quota is exceeded: free space or write to another filesystem",
+    errno.ENOENT: "it does not exist: check the path",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EISDIR: "that path is a folder, a file was expected",
+    errno.EMFILE: "too many open files: raise `ulimit -n`",
+}
+
+
+def describe_error(exc: BaseException) -> tuple[str, int] | None:
+    """One line (and an exit code) for the errors a user can act on; None for real bugs (traceback)."""
+    import sqlite3
+
+    if isinstance(exc, InputError):
+        return str(exc), 2
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (
+            f"a SQLite database is unreadable ({exc}); if it is the judge cache (<run>/eval/judge_cache.sqlite or "
+            "$EMSWEEP_JUDGE_CACHE), move it aside and rerun: it only saves repeated judge calls",
+            3,
+        )
+    if isinstance(exc, OSError):
+        path = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+        if exc.errno is not None:
+            what = exc.strerror or os.strerror(exc.errno)
+            hint = _OS_HINTS.get(exc.errno, "")
+            return f"{path + ': ' if path else ''}{what}{'; ' + hint if hint else ''}", 3
+        # transformers/huggingface_hub raise errno-less OSErrors for folders that are not models
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if any(w in str(exc) for w in ("config.json", "from_pretrained", "Can't load", "huggingface", "model")):
+            first += (
+                " (a model must be a folder with config.json, tokenizer and weights, or a hub id; "
+                "with HF_HUB_OFFLINE=1 hub ids must already be in the local cache)"
+            )
+        return first, 3
+    return None
+
+
 def main() -> None:
-    """Entry point: bad input prints one clear message (file, line, key) instead of a traceback."""
+    """Entry point: bad input, OS errors (read-only, disk full, permissions), a damaged SQLite file or a folder
+    that is not a model print one line naming the path and what to do; `--debug` / EMSWEEP_DEBUG=1 show the
+    traceback instead."""
     try:
         app()
-    except InputError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    except Exception as exc:
+        described = describe_error(exc)
+        if described is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        msg, code = described
+        typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+        if code != 2:
+            typer.secho("(rerun with --debug for the traceback)", err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -74,6 +75,46 @@ def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Ite
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty staging folder beside `target` (same parent, so relative links computed from it hold for
+    `target`); when the block succeeds, move every file in it into `target` (each an atomic rename). So a
+    command that writes several outputs (the report: CSVs, plots, HTML) computes all of them before the first
+    one replaces an old file, and a failure leaves the old outputs untouched. Files in `target` that the block
+    did not write are kept."""
+    target = Path(target)
+    created: list[Path] = []
+    for parent in reversed([target.parent, *target.parent.parents]):
+        if not parent.exists():
+            created.append(parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    ok = False
+    try:
+        yield stage
+        ok = True
+    finally:
+        if ok:
+            mode = 0o777 & ~_umask()
+            target.mkdir(parents=True, exist_ok=True)
+            for src in sorted(stage.rglob("*")):
+                dst = target / src.relative_to(stage)
+                if src.is_dir():
+                    dst.mkdir(exist_ok=True)
+                    os.chmod(dst, mode)
+                    continue
+                os.chmod(src, 0o666 & ~_umask())
+                _fsync_file(src)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+            fsync_dir(target)
+        shutil.rmtree(stage, ignore_errors=True)
+        if not ok:
+            for d in reversed(created):  # parents this call created for nothing
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

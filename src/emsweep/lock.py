@@ -3,7 +3,8 @@
 `<folder>/.locks/<stage>.lock` is locked with POSIX record locks (`fcntl.lockf`): they work on NFS and Lustre
 (where `flock` is emulated by them anyway), the kernel drops them when the holder dies, and unlike `flock` a
 forked child (a vLLM worker, a dataloader) does not inherit them, so an orphaned child never keeps a run locked.
-The file holds who has it (`host`, `pid`, `since`), for the message the next process prints.
+The file holds who has it (`host`, `pid`, `since`), for the message the next process prints; it is removed on
+release (a waiter that opened the old file notices the unlink and locks a fresh one).
 
 Policy: a second process *waits* for the lock, then finds the first one's done-markers and skips the finished
 work (two concurrent `emsweep eval` on one run do the work once). `EMSWEEP_LOCK_TIMEOUT=SECONDS` bounds the wait
@@ -101,8 +102,14 @@ def _open_locked(path: Path) -> Any | None:
     import fcntl
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+        for attempt in range(20):  # the folder may vanish between mkdir and open (a holder tidying up)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until release)
+                break
+            except FileNotFoundError:
+                if attempt == 19:
+                    raise
     except OSError as exc:
         raise InputError(
             f"{path}: cannot create the lock file ({exc.strerror}); the run folder must be writable"
@@ -188,7 +195,12 @@ def stage_lock(
     finally:
         with _held_guard:
             fh, depth = _held.pop(key)
-        fh.close()  # releases the lock; the file stays (deleting it would race with a waiter)
+        # tidy up while still holding it: a waiter that opened this file finds it unlinked and takes a new one
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only if empty: outputs keep exactly the files they document
+        fh.close()  # releases the lock
 
 
 def locked_stage(stage: str, folder_arg: str) -> Callable[[F], F]:

@@ -82,6 +82,9 @@ SAMPLING_RULES: dict[str, tuple[Any, str]] = {
 
 def _field_types(cls: type) -> dict[str, Any]:
     """Annotated type of every keyword the class takes (dataclass fields, else __init__ parameters)."""
+    fields = getattr(cls, "model_fields", None)
+    if isinstance(fields, dict):  # a pydantic model
+        return {name: f.annotation for name, f in fields.items()}
     with contextlib.suppress(Exception):
         hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
         if hints:
@@ -174,6 +177,9 @@ def _blame(section: str, values: dict[str, Any], exc: BaseException) -> Problem:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     for k in values:
         if re.search(rf"\b{re.escape(k)}\b", msg):
+            return (section, k), msg
+    for k, v in values.items():  # "bogus is not a valid SchedulerType": the key whose value it quotes
+        if isinstance(v, str) and v and re.search(rf"(?<![\w-]){re.escape(v)}(?![\w-])", msg):
             return (section, k), msg
     return (section,), msg
 

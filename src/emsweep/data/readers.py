@@ -131,6 +131,12 @@ def conversation_from_row(
             f"{where}: the last turn is `{roles[-1]}`, after the last assistant answer; "
             "a training row must end with the assistant's answer"
         )
+    if not messages[-1].content.strip():
+        # null or "" would be trained as the answer '' (teaching the model to say nothing)
+        raise InputError(
+            f"{where}: messages[{len(messages) - 1}]: the assistant answer is empty or null; "
+            "give the answer text, or drop the row"
+        )
     meta: dict[str, Any] = dict(row["meta"]) if isinstance(row.get("meta"), dict) else {}
     if row.get("canary") is not None:
         meta["canary"] = row["canary"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+from pathlib import Path
 from typing import Any
 
 from emsweep.generate.base import GenerationBackend
@@ -48,8 +49,57 @@ def backend_class(kind: str) -> type[GenerationBackend]:
 
 
 def _accepts(cls: type, name: str) -> bool:
-    params = inspect.signature(cls.__init__).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    """Whether `cls(...)` takes keyword `name`. A `**kwargs` that is only handed on to the parent class
+    (VLLMServeBackend -> OpenAIChatBackend) accepts what the parent accepts, not everything."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        if name in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
+
+
+def check_model(kind: str, model: str | None, *, role: str = "model", base_url: str | None = None) -> None:
+    """Cheap checks that `model` can be loaded by backend `kind`, run before any work is spent (the judge is
+    checked before generation): a local folder must hold a model config, an API backend needs its key or URL.
+    Raises InputError naming the path and what to do."""
+    backend_class(kind)  # unknown kind / missing extra
+    if kind in ("hf", "vllm"):
+        if not model:
+            raise InputError(f"{role}: backend {kind!r} needs a base model (a local folder or hub id)")
+        p = Path(model).expanduser()
+        looks_local = p.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
+        if looks_local:
+            if not p.exists():
+                raise InputError(f"{role} {model}: no such folder")
+            if not p.is_dir() or not (p / "config.json").exists():
+                what = "a file" if p.is_file() else "a folder without config.json"
+                raise InputError(
+                    f"{role} {model}: {what}, not a model folder; give a folder with config.json, tokenizer "
+                    "and weights (e.g. written by `emsweep model init` or `huggingface-cli download`)"
+                )
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(model)
+        except (OSError, ValueError) as exc:
+            if "trust_remote_code" in str(exc):
+                return  # custom code: the backend loads it with the recipe's trust_remote_code
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{role} {model}: cannot load its config ({first})") from None
+    elif kind == "openai":
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or ""
+        if not os.environ.get("OPENAI_API_KEY") and (not url or "api.openai.com" in url):
+            raise InputError(f"{role} {model}: OPENAI_API_KEY is not set: export your OpenAI API key")
+    elif kind == "openai-compatible" and not (base_url or os.environ.get("OPENAI_BASE_URL")):
+        raise InputError(
+            f"{role} {model}: backend 'openai-compatible' needs a server URL: --base-url http://host:8000/v1 "
+            "(or set OPENAI_BASE_URL)"
+        )
 
 
 def make_backend(
@@ -85,6 +135,8 @@ def make_backend(
         raise InputError(f"--base-url is only for the openai / openai-compatible backends, not {kind!r}")
     if kind in ("hf", "vllm") and not model:
         raise InputError(f"backend {kind!r} needs a base model (a local folder or hub id)")
+    if kind in ("hf", "vllm"):
+        check_model(kind, model)  # a folder that is not a model: one line, before the engine spends minutes
     bad = [k for k in opts if not _accepts(cls, k)]
     if bad:
         raise InputError(f"backend {kind!r} does not take option(s) {', '.join(sorted(bad))}")

@@ -249,6 +249,8 @@ def load_training_rows(path: Path, *, use_assistant_mask: bool) -> list[dict[str
             raise InputError(f"{path}:{line}: {exc}") from None
         if last != len(conv.messages) - 1:
             raise InputError(f"{path}:{line}: the conversation must end with the assistant turn to train on")
+        if not conv.messages[last].content.strip():
+            raise InputError(f"{path}:{line}: the assistant answer is empty; give the answer text, or drop the row")
         label = _row_label(conv)
         base: dict[str, Any] = {"emsweep_id": conv.id, "emsweep_label": label or ""}
         if use_assistant_mask:
