@@ -193,6 +193,8 @@ def test_judges_are_never_pooled(tmp_path):
     assert refs["jA"] == pytest.approx(0.02) and refs["jB"] == pytest.approx(0.30)
     page = index.read_text()
     assert "2 different judges" in page and "jA" in page and "jB" in page
+    # every declared judge metric (here `aligned`, from judge_metrics) has its mean, interval and None share
+    assert "Every judge metric" in page and "70.00" in page and "[65.00, 75.00]" in page
 
 
 def test_domain_interval_is_two_sided_with_one_sample_per_question(tmp_path):

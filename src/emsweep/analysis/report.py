@@ -373,6 +373,8 @@ def _build_report(
     )
     parts.append("</details>")
 
+    parts.append(_judge_metrics_html(df))
+
     parts.append("<h2>Method</h2><pre style='white-space:pre-wrap;font-size:.85em'>")
     parts.append(html.escape((science.__doc__ or "").strip()))
     parts.append("</pre>")
@@ -384,6 +386,40 @@ def _build_report(
     index = atomic_write_text(out_dir / "index.html", page)
     log.info("report written to %s", index)
     return index
+
+
+def _judge_metrics_html(df: pd.DataFrame) -> str:
+    """Every judge metric the suites declare (metrics.json `judge_metrics`): mean, interval, share of None."""
+    cols = [c for c in df.columns if c.startswith("judge:") and c.endswith("_mean")]
+    names = sorted({c[len("judge:") : -len("_mean")] for c in cols})
+    if not names:
+        return ""
+    rows = []
+    for _, r in df.iterrows():
+        for name in names:
+            mean = r.get(f"judge:{name}_mean")
+            if mean is None or pd.isna(mean):
+                continue
+            rows.append(
+                [
+                    html.escape(str(r["cell"])),
+                    html.escape(str(r["checkpoint"])),
+                    html.escape(str(r["suite"])),
+                    html.escape(name),
+                    _fmt(mean, 2),
+                    _interval(r.get(f"judge:{name}_lo"), r.get(f"judge:{name}_hi")),
+                    _fmt(r.get(f"judge:{name}_n"), 0),
+                    _fmt(r.get(f"judge:{name}_none_rate")),
+                    _fmt(r.get("judge_id")),
+                ]
+            )
+    headers = ["cell", "checkpoint", "suite", "judge metric", "mean", "95 % CI", "n", "None share", "judge"]
+    table = _table(headers, rows, left=4)
+    return (
+        "<h2>Every judge metric</h2><details><summary>show table (every metric the suites declare)</summary>"
+        + table
+        + "</details>"
+    )
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -497,7 +497,9 @@ def base_reference(cv: pd.DataFrame) -> pd.DataFrame:
 def early_stopping(cv: pd.DataFrame, tolerance: float) -> pd.DataFrame:
     """Per cell: the best-domain checkpoint whose misaligned rate is within `tolerance` of the base model's."""
     base = base_reference(cv)
-    by_model = base.groupby("model", dropna=False)["misaligned_rate"].mean() if "model" in base else {}
+    # a cell without its own step 0 borrows the base of the same model judged by the same judge
+    bkeys = [c for c in ("model", "judge_id") if c in base]
+    by_model = base.groupby(bkeys, dropna=False)["misaligned_rate"].mean() if bkeys else {}
     out = []
     for cell, g in cv.groupby("cell", sort=True):
         g = g.sort_values("step")
@@ -507,9 +509,13 @@ def early_stopping(cv: pd.DataFrame, tolerance: float) -> pd.DataFrame:
             base_mis = float(b["misaligned_rate"].iloc[0])
             base_src = "own step 0"
         else:
-            model = g["model"].iloc[0] if "model" in g else None
-            base_mis = float(by_model.get(model, np.nan)) if len(by_model) else np.nan
-            base_src = "model's step 0 (mean over cells)"
+            key = tuple(g[c].iloc[0] for c in bkeys)
+            key = key[0] if len(key) == 1 else key
+            try:
+                base_mis = float(by_model.loc[key]) if len(by_model) else np.nan
+            except (KeyError, TypeError):
+                base_mis = np.nan
+            base_src = "model's step 0 (mean over cells, same judge)"
         row: dict[str, Any] = {c: g[c].iloc[0] for c in g.columns if c not in _PER_CKPT}
         row.update(
             {
