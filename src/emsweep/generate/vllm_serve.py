@@ -60,7 +60,10 @@ class VLLMServeBackend(OpenAIChatBackend):
 
     # ---- server state --------------------------------------------------------------------------------------
     def _http(self) -> Any:
-        import httpx
+        try:
+            import httpx
+        except ModuleNotFoundError:  # some openai SDK builds ship it renamed as httpx2 (same API)
+            import httpx2 as httpx
 
         headers = {}
         key = os.environ.get("VLLM_API_KEY") or os.environ.get("OPENAI_API_KEY")
