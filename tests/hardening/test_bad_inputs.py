@@ -330,3 +330,14 @@ def test_report(tmp_path: Path, capsys, monkeypatch, case: str) -> None:
         build_report(root, n_boot=20)
     assert snapshot(index.parent) == before  # the old report is whole: nothing was written before the failure
     assert not [p for p in root.iterdir() if ".staging-" in p.name]
+
+
+def test_docs_state_the_catalogue_size() -> None:
+    """docs/errors.md tells users how many bad inputs are covered; it must match the lists above."""
+    import re
+
+    areas = [RECIPE_CASES, SET_CASES, SWEEP_CASES, DATA_CASES, SUITE_CASES, EVAL_CASES, REPORT_CASES]
+    doc = (Path(__file__).parents[2] / "docs" / "errors.md").read_text()
+    rows = [int(n) for n in re.findall(r"^\|[^|]+\| (\d+) \|$", doc, re.M)]
+    assert rows == [len(a) for a in areas]
+    assert f"| **total** | **{sum(rows)}** |" in doc
