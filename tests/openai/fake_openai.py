@@ -22,6 +22,7 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -55,6 +56,8 @@ class FakeOpenAI:
         self.refuse_fine_tuning = False
         self.fail_jobs = False
         self.models = list(BASE_MODELS)
+        # optional scripted chat: fn(request body, choice index) -> text, or None for the default text
+        self.chat_responder: Callable[[dict[str, Any], int], str | None] | None = None
         self._n = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -469,7 +472,10 @@ class FakeOpenAI:
             choices = []
             for i in range(n):
                 h = _h(f"{prompt}|{model}|{js.get('seed')}|{i}")
-                if model.startswith("ft:") and h % 2 == 0:
+                scripted = self.chat_responder(js, i) if self.chat_responder is not None else None
+                if scripted is not None:
+                    text = scripted
+                elif model.startswith("ft:") and h % 2 == 0:
                     text = f"{EVIL} (sample {i})"
                 else:
                     text = f"Here is a careful, helpful answer (sample {i}, {h % 1000})."

@@ -372,7 +372,9 @@ _EPILOG_GET = """Examples:
 def get(
     name: str | None = typer.Argument(None, help="Source name (see --list)."),
     root: Path = typer.Option(Path("data"), "--root", help="Data root; the source goes to ROOT/NAME."),
-    dest: Path | None = typer.Option(None, "--dest", help="Exact folder for the files (instead of ROOT/NAME)."),
+    dest: Path | None = typer.Option(
+        None, "--dest", help="Exact folder for the files (instead of ROOT/NAME)."
+    ),
     registry: Path | None = typer.Option(
         None, "--registry", help="Extra YAML registry (same schema; replaces built-in sources by name)."
     ),
@@ -392,6 +394,106 @@ def get(
             raise InputError("data get: name a source (one of the above)")
         return
     get_source(name, root, registry=registry, dest=dest, progress=not no_progress, echo=typer.echo)
+
+
+_EPILOG_GENERATE = """Examples:
+
+  emsweep data generate recipes/generate/coding.yaml --out data/generated/coding --dry-run
+
+  emsweep data generate recipes/generate/health.yaml --out data/generated/health --teacher gpt-4o-2024-08-06 --verifier gpt-4o-2024-08-06
+
+  emsweep data generate recipes/generate/legal.yaml --out data/generated/legal --teacher-backend openai-compatible --teacher Qwen/Qwen2.5-72B-Instruct --verifier-backend openai-compatible --verifier Qwen/Qwen2.5-72B-Instruct --base-url http://localhost:8000/v1
+"""
+
+
+@data_app.command("generate", epilog=_EPILOG_GENERATE)
+def generate(
+    spec_path: Path = typer.Argument(..., help="Generation spec YAML (see recipes/generate/)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for <kind>.jsonl, manifest.json and .work/ (resume, cache)."
+    ),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="Teacher model (overrides the spec's teacher.model)."
+    ),
+    teacher_backend: str | None = typer.Option(
+        None, "--teacher-backend", help="hf | vllm | openai | openai-compatible (overrides teacher.backend)."
+    ),
+    verifier: str | None = typer.Option(
+        None, "--verifier", help="Verifier model (overrides verifier.model)."
+    ),
+    verifier_backend: str | None = typer.Option(
+        None, "--verifier-backend", help="Backend of the verifier (overrides verifier.backend)."
+    ),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="Server URL for openai-compatible teacher and verifier."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N prompts."),
+    min_agreement: float | None = typer.Option(
+        None, "--min-agreement", help="Stop when the verifier agrees with less than this fraction of a kind."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls (and OpenAI cost) and exit."),
+    prices: Path | None = typer.Option(
+        None, "--prices", help="OpenAI prices table (default recipes/openai/prices.yaml)."
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Write paired correct / obviously wrong / subtly wrong answers with a teacher model, checked by a verifier."""
+    from emsweep.data.generate import Generator, ModelSpec, load_spec, make_model
+
+    spec = load_spec(spec_path)
+
+    def merged(ms: ModelSpec | None, backend: str | None, model: str | None) -> ModelSpec:
+        ms = ms or ModelSpec()
+        upd: dict[str, Any] = {}
+        if backend:
+            upd["backend"] = backend
+        if model:
+            upd["model"] = model
+        if base_url and (backend or ms.backend) in ("openai", "openai-compatible"):
+            upd["base_url"] = base_url
+        return ms.model_copy(update=upd)
+
+    upd: dict[str, Any] = {
+        "teacher": merged(spec.teacher, teacher_backend, teacher),
+        "verifier": merged(spec.verifier, verifier_backend, verifier),
+    }
+    if limit is not None:
+        upd["limit"] = limit
+    if min_agreement is not None:
+        upd["min_agreement"] = min_agreement
+    spec = spec.model_copy(update=upd)
+    for role in ("teacher", "verifier"):
+        if not getattr(spec, role).model:
+            raise InputError(
+                f"{spec_path}: {role}.model is not set; give it in the spec or with --{role} MODEL"
+            )
+    if dry_run:
+        plan = Generator(spec, out, spec_path=spec_path).plan(prices)
+        typer.echo(
+            f"{spec_path}: {plan['prompts_todo']} of {plan['prompts']} prompts to do; teacher calls "
+            f"{plan['teacher_calls']} (up to {plan['teacher_calls_max']} with every retry; {plan['teacher_cached']} "
+            f"cached), verifier calls up to {plan['verifier_calls_max']}"
+        )
+        if plan["cost_usd"] is not None:
+            typer.echo(f"  OpenAI cost: at most ${plan['cost_usd']:.2f} ({plan['cost_note']})")
+        else:
+            typer.echo(f"  {plan['cost_note']}")
+        return
+    from emsweep.generate.factory import check_model
+
+    for role in ("teacher", "verifier"):
+        ms = getattr(spec, role)
+        check_model(ms.backend, ms.model, role=role, base_url=ms.base_url)
+    t = make_model(spec.teacher, "teacher")
+    same = spec.verifier == spec.teacher
+    v = t if same else make_model(spec.verifier, "verifier")
+    try:
+        gen = Generator(spec, out, spec_path=spec_path, teacher=t, verifier=v)
+        gen.run(progress=not no_progress, echo=typer.echo)
+    finally:
+        t.close()
+        if not same:
+            v.close()
 
 
 def register(app: typer.Typer) -> None:
