@@ -441,3 +441,25 @@ def test_hf_teacher_mechanics_resume_and_cache(tmp_path: Path, tiny_teacher: Pat
     again.kind_of = ref_teacher.kind_of
     go(tmp_path / "ref", again)
     assert again.calls == 0
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "recipes" / "generate").glob("*.yaml"))
+
+
+def test_shipped_specs_cover_the_four_domains() -> None:
+    assert {p.stem for p in SHIPPED} >= {"coding", "finance", "health", "legal"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_spec_loads_with_its_prompts(path: Path, tmp_path: Path) -> None:
+    spec = load_spec(path)
+    gen = Generator(spec, tmp_path / "out", spec_path=path)
+    assert len(gen.prompts) >= 10 and set(spec.kinds) == set(KINDS)
+    assert path.read_text().startswith(f"# emsweep data generate recipes/generate/{path.name}")
+    # a verifier prompt that tells the verifier the kind would make the check meaningless
+    rendered = render_verifier(spec.verifier_prompt, "q", "a", list(gen.labels.values()), spec.domain)
+    assert "{" not in rendered and all(lab in rendered for lab in gen.labels.values())
+    plan = gen.plan()
+    assert plan["teacher_calls"] == 3 * len(gen.prompts) and plan["verifier_calls_max"] == 3 * len(
+        gen.prompts
+    )
