@@ -463,3 +463,19 @@ def test_shipped_spec_loads_with_its_prompts(path: Path, tmp_path: Path) -> None
     assert plan["teacher_calls"] == 3 * len(gen.prompts) and plan["verifier_calls_max"] == 3 * len(
         gen.prompts
     )
+
+
+def test_a_prompt_edited_under_the_same_id_is_redone(tmp_path: Path, fake: FakeOpenAI) -> None:
+    backend = openai_backend()
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(NORMAL[:5]))
+    )
+    run(tmp_path, tmp_path / "out", spec_tree("prompts.jsonl"), backend, backend)
+    edited = NORMAL[:5]
+    edited[2] = "How should I handle the edited case?"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(edited)))
+    m = run(tmp_path, tmp_path / "out", spec_tree("prompts.jsonl"), backend, backend)
+    assert m["calls_this_run"]["teacher"] == 3 and m["calls_this_run"]["verifier"] == 3
+    got = [r["messages"][0]["content"] for r in rows(tmp_path / "out" / "subtle.jsonl")]
+    assert got == edited

@@ -321,8 +321,9 @@ class Generator:
         }
 
     def todo(self) -> list[tuple[str, list[dict[str, str]]]]:
+        """Prompts not yet recorded under this run key (a prompt whose text changed under the same id is redone)."""
         done = self.done_records()
-        return [(pid, msgs) for pid, msgs in self.prompts if pid not in done]
+        return [(pid, msgs) for pid, msgs in self.prompts if pid not in done or done[pid]["messages"] != msgs]
 
     # --- calls --------------------------------------------------------------------------------------------------
     def _ref(self, ident: dict[str, Any]) -> Any:
@@ -511,7 +512,7 @@ class Generator:
                 done.update({r["prompt_id"]: r for r in recs})
                 if bar is not None:
                     bar.update(len(chunk))
-                self.check_agreement(list(done.values()), final=False)
+                self.check_agreement([done[p] for p, _ in self.prompts if p in done], final=False)
         finally:
             if bar is not None:
                 bar.close()
