@@ -207,11 +207,13 @@ def cell_lock(cell: Cell) -> Iterator[None]:
             fh.seek(0)
             holder = fh.read().strip() or "?"
             raise CellBusy(
-                f"cell {cell.id} is being run by another process ({holder}); wait for it, or stop it first"
+                f"cell {cell.id} is being run by another process ({holder}); wait for it, or stop it first "
+                f"(if that process is gone, delete {path})"
             ) from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} on {platform.node()}")
+        since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        fh.write(f"pid {os.getpid()} on {platform.node()} since {since}")
         fh.flush()
         yield
     finally:
