@@ -22,6 +22,7 @@ import re
 import tempfile
 import typing
 import warnings
+from pathlib import Path
 from typing import Any
 
 from emsweep.io import InputError, dumps_json
@@ -349,6 +350,15 @@ def recipe_problems(recipe: Any) -> list[Problem]:
             )
         if ev.batch_size < 1:
             out.append((("eval", "batch_size"), f"{ev.batch_size}: must be >= 1"))
+    mp = Path(recipe.model.path).expanduser() if getattr(recipe, "model", None) is not None else None
+    if mp is not None and mp.exists() and (not mp.is_dir() or not (mp / "config.json").exists()):
+        out.append(
+            (
+                ("model", "path"),
+                f"{mp} is not a model folder (no config.json): give a folder with config.json, tokenizer and "
+                "weights, a hub id, or a path that does not exist yet together with `init_shape`",
+            )
+        )
     ck = getattr(recipe, "checkpoints", None)
     for i, step in enumerate((ck.steps or []) if ck is not None else []):
         if step < 1:

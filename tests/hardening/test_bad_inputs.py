@@ -75,6 +75,7 @@ RECIPE_CASES = [
      ["recipe.yaml:5:", "eval.samples_per_paraphrase", ">= 1"]),
     ("n-train-word", "n_train: 8", "n_train: eight", ["recipe.yaml:3:", "data.n_train"]),
     ("bad-yaml", "method: lora", "method: [lora", ["recipe.yaml:", "invalid YAML"]),
+    ("model-not-a-model", "model: {path: ", "model: {path: NOTMODEL_", ["recipe.yaml:2:", "model.path", "not a model"]),
 ]
 
 
@@ -82,7 +83,12 @@ RECIPE_CASES = [
 def test_recipe(recipe_file: Path, capsys, old: str, new: str, expect: list[str]) -> None:
     from emsweep.recipe import load_recipe
 
-    recipe_file.write_text(edit(recipe_file.read_text(), old, new))
+    text = edit(recipe_file.read_text(), old, new)
+    if "NOTMODEL_" in text:  # a folder that exists but holds no model
+        (recipe_file.parent / "junk").mkdir()
+        (recipe_file.parent / "junk" / "notes.txt").write_text("no model here")
+        text = text.replace(f"NOTMODEL_{recipe_file.parent / 'model'}", str(recipe_file.parent / "junk"))
+    recipe_file.write_text(text)
     before = snapshot(recipe_file.parent)
     with pytest.raises(InputError) as exc:
         load_recipe(recipe_file)
