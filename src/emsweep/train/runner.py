@@ -157,7 +157,11 @@ def resolve_sft_kwargs(recipe: Recipe) -> dict[str, Any]:
     for key, why in OWNED_SFT_KEYS.items():
         if key in sft:
             raise InputError(f"recipe sft.{key}: set by emsweep, not in `sft:` ({why})")
-    return coerce_numbers(sft, SFTConfig)
+    sft = coerce_numbers(sft, SFTConfig)
+    from emsweep.train.speed import check_speed_settings  # refuses speed options that change what is trained
+
+    check_speed_settings(sft, recipe.model.attn_implementation)
+    return sft
 
 
 def resolve_lora_kwargs(recipe: Recipe) -> dict[str, Any] | None:
@@ -538,12 +542,18 @@ def _count_surviving(dataset: Any, rows: list[dict[str, Any]]) -> dict[str, Any]
     for r in rows:
         before[r["emsweep_label"] or "unlabelled"] += 1
     after = dict.fromkeys(before, 0)
-    if "emsweep_label" in dataset.column_names:
+    from emsweep.train.speed import packed_example_count
+
+    packed = packed_example_count(dataset)  # packing: rows are bins of examples; labels per example are gone
+    if packed is not None:
+        after = dict(before) if packed == len(rows) else {"correct": None, "wrong": None, "unlabelled": None}
+        log.info("packing: %d examples in %d packed rows (a step now counts packed rows)", packed, len(dataset))
+    elif "emsweep_label" in dataset.column_names:
         for label in dataset["emsweep_label"]:
             after[label or "unlabelled"] += 1
     else:  # pragma: no cover - TRL removed our column; counts only
         after = {"correct": None, "wrong": None, "unlabelled": None}
-    n_after = len(dataset)
+    n_after = len(dataset) if packed is None else packed
 
     def frac(c: dict[str, Any]) -> float | None:
         labelled = (c["correct"] or 0) + (c["wrong"] or 0)
@@ -715,6 +725,10 @@ def _run(
         callbacks=callbacks,
     )
     survival = _count_surviving(trainer.train_dataset, rows)
+    if args.padding_free and args.max_length is None and "input_ids" in trainer.train_dataset.column_names:
+        longest = max(len(x) for x in trainer.train_dataset["input_ids"])  # padding-free rows are not truncated
+        log.info("padding_free without truncation: longest row %d tokens", longest)
+        survival["longest_row_tokens"] = longest
     _report_survival(survival, manifest)
 
     manifest_sha = sha256_file(paths.manifest) if paths.manifest.exists() else None
