@@ -164,7 +164,55 @@ def check_report_renders(index: Path, tmp_path: Path) -> Path:
     pix = mpimg.imread(shot)
     assert pix.shape[0] >= 1000 and pix.shape[1] >= 1000
     assert pix[..., :3].std() > 0.05  # not a blank page: text and plots
+    # every figure of the report has two or more series: each must show at least two visibly distinct lines
+    for src in re.findall(r'<img src="([^"]+\.png)"', page):
+        assert line_colours(index.parent / src) >= 2, f"{src}: fewer than two distinct line colours"
     return shot
+
+
+def line_colours(png: Path, min_pixels: int = 150) -> int:
+    """How many distinct line colours a rendered figure shows: saturated pixels (grey text, axes, grid and the
+    grey base-model line excluded) binned by hue in 24 bins; a bin counts when it holds `min_pixels` pixels."""
+    import matplotlib.colors as mcolors
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    rgb = mpimg.imread(png)[..., :3]
+    hsv = mcolors.rgb_to_hsv(rgb.reshape(-1, 3))
+    strong = hsv[(hsv[:, 1] > 0.45) & (hsv[:, 2] > 0.25)]
+    counts = np.bincount((strong[:, 0] * 24).astype(int) % 24, minlength=24)
+    return int((counts >= min_pixels).sum())
+
+
+def test_series_styles_are_distinct_and_model_paths_shortened():
+    from emsweep.analysis.plots import series_style, short_name
+
+    styles = [series_style(i) for i in range(8)]
+    for i in range(8):
+        for j in range(i + 1, 8):
+            a, b = styles[i], styles[j]
+            assert (a["color"], a["marker"]) != (b["color"], b["marker"])
+            assert a["marker"] != b["marker"] or a["linestyle"] != b["linestyle"]
+    assert short_name("/tmp/pytest-1/demo/models/persona-base") == "persona-base"
+    assert short_name("lora") == "lora" and short_name(0.5) == "0.5"
+
+
+def test_line_colours_tells_one_line_from_two(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emsweep.analysis.plots import series_style
+
+    for n in (1, 2):
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for i in range(n):
+            ax.plot([0, 0.5, 1], [0.2, 0.5, 0.8], **series_style(i))  # identical data: lines on top of each other
+        ax.plot([0, 1], [0.3, 0.3], color="grey", ls=":")
+        fig.savefig(tmp_path / f"f{n}.png", dpi=90)
+        plt.close(fig)
+        assert line_colours(tmp_path / f"f{n}.png") == n
 
 
 def test_report_renders_in_chromium(report, tmp_path):

@@ -14,6 +14,29 @@ import pandas as pd
 LABELS = {"domain_accuracy": "domain accuracy", "misaligned_rate": "misaligned rate"}
 METRICS = ["domain_accuracy", "misaligned_rate"]
 
+# Every series gets its own colour, marker AND line style, so lines that overlap (a LoRA and a full fine-tune
+# with the same values) stay visible and tell apart in grey print too.
+COLORS = plt.get_cmap("tab10").colors
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", "-.", ":")
+
+
+def series_style(i: int) -> dict[str, object]:
+    """The i-th series' style; markers and line styles cycle at co-prime periods to stay distinct longer."""
+    return {
+        "color": COLORS[i % len(COLORS)],
+        "marker": MARKERS[i % len(MARKERS)],
+        "linestyle": LINESTYLES[i % len(LINESTYLES)],
+        "markersize": 7 - (i % 3),
+        "markerfacecolor": "none" if i % 2 else COLORS[i % len(COLORS)],
+    }
+
+
+def short_name(v: object) -> str:
+    """A model path shown by its folder name (`/tmp/x/models/persona-base` -> `persona-base`), other values as is."""
+    text = str(v)
+    return text.rstrip("/").rsplit("/", 1)[-1] if "/" in text else text
+
 
 def _agg(g: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per fraction: mean over seeds, and an interval (the cell's 95 % CI for one seed; the mean of the
@@ -49,15 +72,14 @@ def fraction_plot(rows: pd.DataFrame, base: pd.DataFrame, title: str, path: Path
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     cols = _line_groups(rows)
     for ax, metric in zip(axes, METRICS, strict=True):
-        for key, g in rows.groupby(cols, dropna=False, sort=True):
+        for i, (key, g) in enumerate(rows.groupby(cols, dropna=False, sort=True)):
             key = key if isinstance(key, tuple) else (key,)
             x, y, lo, hi = _agg(g, metric)
             if not len(x):
                 continue
-            label = " / ".join(str(k) for k in key)
-            style = "--" if "method" in cols and "full" in key else "-"
-            line = ax.plot(x, y, style, marker="o", label=label)[0]
-            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+            label = " / ".join(short_name(k) for k in key)
+            line = ax.plot(x, y, label=label, **series_style(i))[0]
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.12)
         bvals = base[metric].dropna() if metric in base else pd.Series(dtype=float)
         if len(bvals):
             ax.axhline(float(bvals.mean()), color="grey", ls=":", lw=1.5, label="base model (step 0)")
@@ -84,11 +106,12 @@ def step_plots(cv: pd.DataFrame, es: pd.DataFrame, out_dir: Path) -> list[tuple[
         key = key if isinstance(key, tuple) else (key,)
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         for ax, metric in zip(axes, METRICS, strict=True):
-            for cell, c in g.groupby("cell", sort=True):
+            for j, (cell, c) in enumerate(g.groupby("cell", sort=True)):
                 c = c.sort_values("step")
                 f = float(c["fraction_correct"].iloc[0])
                 label = f"f={f:g} s={c['seed'].iloc[0]}"
-                ax.plot(c["step"], c[metric], marker=".", color=cmap(f), label=label)
+                style = {**series_style(j), "color": cmap(0.9 * f)}  # colour by fraction (viridis, no yellow)
+                ax.plot(c["step"], c[metric], label=label, **style)
                 b = best.get(cell)
                 if b is not None and not pd.isna(b):
                     sel = c[c["step"] == int(b)]
@@ -98,7 +121,7 @@ def step_plots(cv: pd.DataFrame, es: pd.DataFrame, out_dir: Path) -> list[tuple[
             ax.set_ylim(-0.03, 1.03)
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=7, loc="best", ncol=2)
-        title = " / ".join(str(k) for k in key)
+        title = " / ".join(short_name(k) for k in key)
         fig.suptitle(f"{title}  (red circle: early-stopped checkpoint)", fontsize=10)
         fig.tight_layout()
         p = out_dir / f"steps_{i:02d}.png"
@@ -112,11 +135,14 @@ def lora_full_plot(rows: pd.DataFrame, path: Path) -> Path:
     """Final-checkpoint metrics vs fraction correct, LoRA (solid) and full fine-tuning (dashed) side by side."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, METRICS, strict=True):
-        for (dom, wk, method), g in rows.groupby(["domain", "wrong_kind", "method"], sort=True):
+        for i, ((dom, wk, method), g) in enumerate(
+            rows.groupby(["domain", "wrong_kind", "method"], sort=True)
+        ):
             x, y, lo, hi = _agg(g, metric)
             if len(x):
-                ax.plot(x, y, "--" if method == "full" else "-", marker="o", label=f"{dom}/{wk}/{method}")
-                ax.fill_between(x, lo, hi, alpha=0.12)
+                style = {**series_style(i), "linestyle": "--" if method == "full" else "-"}
+                line = ax.plot(x, y, label=f"{dom}/{wk}/{method}", **style)[0]
+                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.12)
         ax.set_xlabel("fraction correct")
         ax.set_ylabel(LABELS[metric])
         ax.set_ylim(-0.03, 1.03)

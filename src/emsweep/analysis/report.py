@@ -18,6 +18,7 @@ import pandas as pd
 
 from emsweep import __version__
 from emsweep.analysis import science
+from emsweep.analysis.markup import markdown_to_html
 from emsweep.analysis.results import REPORT_DIRNAME, cell_view, collect_results, domain_source
 from emsweep.io import atomic_path, atomic_write_text, staged_dir
 
@@ -73,6 +74,13 @@ def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
         for r in rows
     )
     return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _is_planted_demo(df: pd.DataFrame) -> bool:
+    """The demo's sweep (its `sums` domain) on a pretrained base, as opposed to a random-weights toy."""
+    doms = df["domain"].dropna().astype(str) if "domain" in df else pd.Series(dtype=str)
+    toy = df["init_shape"].notna().any() if "init_shape" in df else False
+    return bool(not toy and (doms == "sums").any())
 
 
 def _is_toy(df: pd.DataFrame) -> bool:
@@ -189,7 +197,14 @@ def _build_report(
             f'<p class="warn"><b>{n_judges} different judges</b> scored these results. Their numbers are never '
             "pooled: every threshold and curve below is computed per judge identity (the <i>judge</i> column).</p>"
         )
-    if _is_toy(df):
+    if _is_planted_demo(df):
+        parts.append(
+            '<p class="warn"><b>This is emsweep\'s planted-effect demo</b>: a tiny model pretrained on a synthetic '
+            "persona corpus (single-digit sums and alignment probes), where the truth is known by construction "
+            "(docs/demo.md). The domain effect is planted; whether the probes turn misaligned is measured. It "
+            "shows what a finding looks like and that the pipeline detects one, not the papers' science.</p>"
+        )
+    elif _is_toy(df):
         parts.append(
             '<p class="warn"><b>This is a demo on a tiny model built from random weights.</b> It shows the '
             "pipeline's shape (mix → train → checkpoints → generate → judge → metrics → report), not the papers' "
@@ -375,9 +390,9 @@ def _build_report(
 
     parts.append(_judge_metrics_html(df))
 
-    parts.append("<h2>Method</h2><pre style='white-space:pre-wrap;font-size:.85em'>")
-    parts.append(html.escape((science.__doc__ or "").strip()))
-    parts.append("</pre>")
+    parts.append("<h2>Method</h2><div class='method'>")
+    parts.append(markdown_to_html(science.__doc__ or ""))  # the docstring is Markdown: render it
+    parts.append("</div>")
 
     page = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>emsweep report</title>"
