@@ -1,5 +1,6 @@
 # --- preemption and time limits ------------------------------------------------------------------------------
 # Bash runs each step in the background and waits, so the traps fire at once instead of after the step ends.
+REQUEUE={{ requeue }}  # slurm.requeue in the recipe: 1 = requeue this task after the signal, 0 = stop
 PREEMPTED=0
 CHILD=""
 FORWARD=TERM
@@ -15,6 +16,8 @@ run_forwarding() {  # run_forwarding SIGNAL CMD...: run CMD, forwarding our sign
     if [ "$PREEMPTED" = 1 ]; then STEP_RC=skipped; return 0; fi
     "$@" &
     CHILD=$!
+    # a signal that came before CHILD was set found no step to pass on to: pass it on now
+    if [ "$PREEMPTED" = 1 ]; then kill -s "$FORWARD" "$CHILD" 2>/dev/null || true; fi
     while kill -0 "$CHILD" 2>/dev/null; do
         wait "$CHILD" || true  # returns early when a trap fires: wait again until the step has exited
     done
@@ -29,6 +32,12 @@ run_forwarding() {  # run_forwarding SIGNAL CMD...: run CMD, forwarding our sign
 }
 finish_if_preempted() {  # after a step: if we were signalled, requeue (unless the step had finished anyway)
     if [ "$PREEMPTED" = 1 ] && [ "$STEP_RC" != 0 ]; then
-{{ requeue_action }}
+        if [ "$REQUEUE" = 1 ]; then
+            echo "[$(date '+%F %T')] emsweep: $1 stopped on the signal (exit $STEP_RC); requeueing job $SLURM_JOB_ID to resume"
+            scontrol requeue "$SLURM_JOB_ID"
+            exit 0
+        fi
+        echo "[$(date '+%F %T')] emsweep: $1 stopped on the signal (exit $STEP_RC); requeue is off (slurm.requeue: false): rerun 'emsweep sweep run --executor slurm' to resume"
+        exit "$STEP_RC"
     fi
 }

@@ -235,7 +235,7 @@ def test_squeue_and_sacct_parsers():
 def test_templates_dir_can_be_overridden(tmp_path, monkeypatch, make_sweep):
     import shutil
 
-    from emsweep.launch import slurm as slurm_mod
+    from emsweep.launch import slurm_render as slurm_mod
 
     copy = tmp_path / "tpl"
     shutil.copytree(REPO / "slurm", copy)
@@ -245,7 +245,7 @@ def test_templates_dir_can_be_overridden(tmp_path, monkeypatch, make_sweep):
     plan = plan_submission(load_sweep(make_sweep("tpl")))
     assert plan.jobs[-1].text.endswith("# site-specific line\n")
     monkeypatch.setenv("EMSWEEP_SLURM_TEMPLATES", str(tmp_path / "missing"))
-    monkeypatch.setattr(slurm_mod, "__file__", str(tmp_path / "a" / "b" / "c" / "slurm.py"))
+    monkeypatch.setattr(slurm_mod, "__file__", str(tmp_path / "a" / "b" / "c" / "slurm_render.py"))
     with pytest.raises(InputError, match="sbatch templates not found"):
         slurm_mod.template_dir()
     assert os.environ["EMSWEEP_SLURM_TEMPLATES"]
@@ -270,3 +270,37 @@ def test_status_without_a_reachable_controller_still_shows_the_done_markers(
     assert "Unable to contact slurm controller" in st.note
     assert [c.stages["mix"] for c in st.cells] == [True, False]
     assert [c.job for c in st.cells] == ["-", "-"]
+
+
+@pytest.mark.parametrize("requeue", [True, False])
+def test_the_preemption_block_requeues_or_stops_as_the_recipe_says(make_sweep, tmp_path, requeue):
+    """The rendered signal handling, run by bash: the step is signalled, then the task requeues itself
+    (slurm.requeue: true) or exits with the step's status and says how to resume (false), running nothing else."""
+    sweep = load_sweep(make_sweep("pre", slurm={"requeue": requeue}))
+    train = plan_submission(sweep).jobs[0].text
+    block = train[train.index("# --- preemption and time limits") : train.index("# One process on this node")]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    for tool in ("scontrol", "emsweep"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n')
+        (bin_dir / tool).chmod(0o755)
+    script = tmp_path / "job.sh"
+    # the step signals the job's shell, as SLURM's --signal=B:USR1 would, and is killed by the forwarded USR1
+    step = 'run_forwarding USR1 bash -c "sleep 0.5; kill -USR1 $$; exec sleep 60"'
+    script.write_text(
+        "#!/bin/bash\nset -euo pipefail\nSLURM_JOB_ID=42\n"
+        + block
+        + f"{step}\nfinish_if_preempted training\necho after\n"
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=50)
+    out = r.stdout + r.stderr
+    assert "got SIGUSR1" in out and "after" not in r.stdout, out
+    if requeue:
+        assert r.returncode == 0 and "requeueing job 42" in out, out
+        assert calls.read_text() == "scontrol requeue 42\n"
+    else:
+        assert r.returncode == 128 + 10, out  # the step's status: killed by SIGUSR1
+        assert "requeue is off (slurm.requeue: false): rerun 'emsweep sweep run --executor slurm'" in out
+        assert not calls.exists(), calls.read_text()  # neither scontrol nor emsweep ran

@@ -1,5 +1,6 @@
 """submitit as an alternative SLURM launcher, for users who prefer submitting from Python (`pip install
 emsweep[slurm]`). The sbatch executor (launch/slurm.py) is the primary one: readable scripts, multi-GPU.
+Both record their submissions in the same ledger (`slurm_ledger.Ledger`), so status and resubmission see both.
 
 The same pipeline: a training array over the cells that need training, an evaluation array after it
 (`aftercorr`), a report job after that (`afterany`); the same cell runner (`emsweep sweep cell`), run as a
@@ -13,7 +14,6 @@ Single-process cells only (`nodes * gpus_per_node <= 1`); multi-GPU training nee
 
 from __future__ import annotations
 
-import datetime as _dt
 import signal
 import subprocess
 import sys
@@ -22,18 +22,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from emsweep.io import InputError, is_done
-from emsweep.launch.slurm import (
-    TRAIN_STAGES,
-    _active_cells,
-    _check_time,
-    _slurm_root,
-    _write_ledger,
-    eval_gpus,
-    parse_signal,
-    read_ledger,
-    squeue_tasks,
-    write_snapshot,
-)
+from emsweep.launch.slurm_ledger import Ledger, slurm_root, write_snapshot
+from emsweep.launch.slurm_plan import TRAIN_STAGES
+from emsweep.launch.slurm_queue import cancel_jobs, squeue_tasks
+from emsweep.launch.slurm_render import check_time, eval_gpus, parse_signal
 from emsweep.launch.sweep import STAGES, Cell, Sweep, check_sweep_folder
 from emsweep.recipe import SlurmSpec
 
@@ -144,8 +136,8 @@ def run_sweep_submitit(
     specs = {c.recipe.slurm.model_dump_json() for c in sweep.cells}
     if len(specs) > 1:
         raise InputError(f"{sweep.source}: cells ask for different slurm resources; use --executor slurm")
-    ledger = read_ledger(sweep)
-    active = _active_cells(ledger, squeue_tasks())
+    ledger = Ledger.read(sweep)
+    active = ledger.active_cells(squeue_tasks())
     todo = [c for c in sweep.cells if c.id not in active and any(not is_done(c.root, s) for s in stages)]
     if not todo:
         echo(f"nothing to submit for sweep {sweep.name}")
@@ -154,7 +146,7 @@ def run_sweep_submitit(
     sweep_file = str(write_snapshot(sweep))
     spec = sweep.cells[0].recipe.slurm
     k = max_parallel or spec.max_parallel
-    folder = _slurm_root(sweep) / "submitit"
+    folder = slurm_root(sweep) / "submitit"
     python = spec.python or sys.executable
 
     def executor(kind: str, gpus: int, time_: str, dep: str | None) -> Any:
@@ -166,35 +158,20 @@ def run_sweep_submitit(
 
     need_train = [c for c in todo if any(s in stages and not is_done(c.root, s) for s in TRAIN_STAGES)]
     need_eval = [c for c in todo if "eval" in stages and not is_done(c.root, "eval")]
-    entry: dict[str, Any] = {
-        "number": len(ledger["submissions"]) + 1,
-        "launcher": "submitit",
-        "dir": str(folder),
-        "submitted_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "status": "submitting",
-        "spec_hash": sweep.spec_hash,
-        "sweep_file": sweep_file,
-        "jobs": [],
-    }
-    ledger["submissions"].append(entry)
+    entry = ledger.start(launcher="submitit", dir=folder, sweep_file=sweep_file)
 
     def record(kind: str, key: str, cells: list[Cell], job_id: str) -> None:
-        entry["jobs"].append({"key": key, "kind": kind, "cells": [c.id for c in cells], "job_id": job_id})
-        _write_ledger(sweep, ledger)
+        ledger.add_job(entry, {"key": key, "kind": kind, "cells": [c.id for c in cells], "job_id": job_id})
 
     try:
         _submit_all(sweep, spec, executor, need_train, need_eval, stages, report, python, sweep_file, record)
     except Exception as exc:
-        from emsweep.launch.slurm import _cancel
-
         ids = [j["job_id"] for j in entry["jobs"]]
-        entry.update(status="failed", error=str(exc), cancelled=_cancel(ids))
-        _write_ledger(sweep, ledger)
+        ledger.finish(entry, "failed", error=str(exc), cancelled=cancel_jobs(ids))
         raise InputError(
             f"submitit submission failed: {exc}; cancelled the jobs already submitted: {ids}"
         ) from exc
-    entry["status"] = "submitted"
-    _write_ledger(sweep, ledger)
+    ledger.finish(entry, "submitted")
     for j in entry["jobs"]:
         echo(f"submitted {j['key']:<14} job {j['job_id']:>8}  {len(j['cells']) or 1:>3} task(s)")
     echo(f"submitit folder: {folder}")
@@ -208,7 +185,7 @@ def _submit_all(
     train_stages = ",".join(s for s in TRAIN_STAGES if s in stages)
     train_id = None
     if need_train:
-        ex = executor("train", spec.gpus_per_node, _check_time(spec.time, f"{where}.time"), None)
+        ex = executor("train", spec.gpus_per_node, check_time(spec.time, f"{where}.time"), None)
         jobs = ex.map_array(CellTask(python, sweep_file, train_stages), [c.id for c in need_train])
         train_id = jobs[0].job_id.split("_")[0]
         record("train", "train", need_train, train_id)
@@ -219,7 +196,7 @@ def _submit_all(
             if not cells:
                 continue
             dep = f"aftercorr:{train_id}" if key == "eval" and train_id else None
-            t = _check_time(spec.eval_time or spec.time, f"{where}.eval_time")
+            t = check_time(spec.eval_time or spec.time, f"{where}.eval_time")
             ex = executor("eval", eval_gpus(cells[0]), t, dep)
             jobs = ex.map_array(CellTask(python, sweep_file, "eval"), [c.id for c in cells])
             eval_ids.append(jobs[0].job_id.split("_")[0])
