@@ -4,7 +4,9 @@ A sweep YAML looks like::
 
     name: health-qwen7b
     output_root: checkpoints          # cells live in <output_root>/<name>/<cell id>/
-    base: ../models/qwen2.5-7b-lora.yaml   # a recipe file (relative to this file) or an inline mapping
+    base: ../models/qwen2.5-7b-instruct-lora.yaml   # a recipe file (relative to this file) or an inline mapping
+    overrides:                        # optional: merged into the base recipe, section by section
+      eval: {samples_per_paraphrase: 50}
     axes:                             # crossed (cartesian product), in this order
       data.fraction_correct: [0.1, 0.5, 0.9, 1.0]
       data.wrong_kind: [obvious, subtle]   # needs data.wrong: {obvious: file, subtle: file} in the base
@@ -12,7 +14,7 @@ A sweep YAML looks like::
     zip:                              # optional: groups of keys that move together (each group is one axis)
       - data.seed: [0, 1]
         sft.seed: [0, 1]
-    set: {sft.num_train_epochs: 1}    # optional: overrides applied to every cell
+    set: {sft.num_train_epochs: 1}    # optional: dotted keys set in every cell
 
 Every cell's recipe is validated through `Recipe`, so an axis that names an unknown key fails at plan time with
 the sweep file and the key named. The sweep folder records the spec hash (`sweep.json`), so a folder written by a
@@ -37,8 +39,8 @@ from emsweep.config import (
     StrictModel,
     _key_lines,
     blame,
-    format_validation_error,
     get_path,
+    load_config,
     load_yaml,
     set_path,
     validation_problems,
@@ -60,6 +62,9 @@ class SweepSpec(StrictModel):
     axes: dict[str, list[Any]] = Field(default_factory=dict)
     zip: list[dict[str, list[Any]]] = Field(default_factory=list)
     set: dict[str, Any] = Field(default_factory=dict)
+    # merged into the base recipe: a mapping merges key by key, anything else (lists included) replaces; so a
+    # sweep names a shipped model recipe and changes only what differs, instead of carrying a copy that drifts
+    overrides: dict[str, Any] = Field(default_factory=dict)
     description: str | None = None
     # keyword settings of the logprob judge that recipes do not carry (min_number_mass, max_pruned_mass, top_k):
     # e.g. the demo's tiny random judge, whose number mass is spread over the whole vocabulary
@@ -157,7 +162,9 @@ class Sweep:
         }
 
     def resolved_spec(self) -> dict[str, Any]:
+        """The spec with the base recipe inlined and the overrides merged into it (what the hash covers)."""
         d = self.spec.model_dump()
+        d.pop("overrides")  # merged into `base`; sweeps without overrides keep the hash they always had
         d["base"] = self.base
         return d
 
@@ -261,19 +268,11 @@ def _hash(obj: Any) -> str:
 
 
 def load_sweep(path: str | os.PathLike[str]) -> Sweep:
-    """Load a sweep YAML, resolve its base recipe, expand and validate every cell."""
+    """Load a sweep YAML (through the recipes' loader), resolve its base recipe, expand and validate every
+    cell."""
     p = Path(path)
-    data = load_yaml(p)
-    if data is None:
-        raise InputError(f"{p}: file is empty")
-    if not isinstance(data, dict):
-        raise InputError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
-    lines = _key_lines(p.read_text(encoding="utf-8"))
-    try:
-        spec = SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(format_validation_error(exc, str(p), lines)) from None
-    return build_sweep(spec, path=p, lines=lines)
+    spec = load_config(p, SweepSpec)
+    return build_sweep(spec, path=p, lines=_key_lines(p.read_text(encoding="utf-8")))
 
 
 def build_sweep(
@@ -288,11 +287,15 @@ def build_sweep(
 
     # base recipe
     if isinstance(spec.base, str):
+        # relative to the sweep file (as given, from the working directory, if only that exists)
         bp = Path(spec.base)
-        if not bp.is_absolute() and path is not None and not bp.exists():
+        if not bp.is_absolute() and path is not None and (path.parent / bp).exists():
             bp = path.parent / bp
-        if not bp.exists() and path is not None:
-            bp = path.parent / spec.base
+        if not bp.exists():
+            raise InputError(
+                f"{where('base')}: base recipe {spec.base} not found"
+                + (f" (looked in {path.parent} and the working directory)" if path is not None else "")
+            )
         base = load_yaml(bp)
         if not isinstance(base, dict):
             raise InputError(f"{where('base')}: base recipe {bp} is not a mapping")
@@ -304,6 +307,7 @@ def build_sweep(
     else:
         base = copy.deepcopy(spec.base)
         base_src = (source, lines, ("base",))
+    base = _merge(base, spec.overrides)
     base.setdefault("name", spec.name)
 
     # axes: each plain axis is a group of one key; each zip entry is one group of several keys
@@ -417,6 +421,26 @@ def _check_wrong_kind_axis(cells: list[Cell], groups: list[tuple[list[str], Any]
             )
 
 
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` merged into a copy of `base`: mappings key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in overrides.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _override_key(overrides: dict[str, Any], loc: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The key path in `overrides` that set the value at `loc` (or the value holding it), if any."""
+    node: Any = overrides
+    for i, k in enumerate(loc):
+        if not isinstance(node, dict):
+            return loc[:i]  # a list or scalar override replaced what holds `loc`
+        if k not in node:
+            return None
+        node = node[k]
+    return loc
+
+
 def _blame_cell(
     problems: list[tuple[tuple[str, ...], str]],
     values: dict[str, Any],
@@ -433,10 +457,13 @@ def _blame_cell(
             msg = "unknown recipe key (check spelling against the Recipe reference)"
         axis = next((k for k in values if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
         setk = next((k for k in spec.set if key == k or key.startswith(k + ".") or k.startswith(key + ".")), None)
+        over = _override_key(spec.overrides, tuple(loc))
         if axis:
             msgs.append(f"{where('axes', axis)}: axes.{axis}={values[axis]!r}: {key}: {msg}")
         elif setk:
             msgs.append(f"{where('set', setk)}: set.{setk}={spec.set[setk]!r}: {key}: {msg}")
+        elif over:
+            msgs.append(f"{where('overrides', *over)}: overrides.{'.'.join(over)}: {key}: {msg}")
         else:
             bsource, blines, prefix = base_src
             msgs.append(f"{blame((*prefix, *loc), bsource, blines)}: base recipe: {key}: {msg}")
