@@ -430,6 +430,14 @@ def evaluate_run(
     from emsweep.train.checkpoints import list_checkpoints
 
     o = EvalOptions.of(options, kwargs)
+    if any(isinstance(s, str) and s.startswith("lm_eval:") for s in suites):
+        # `lm_eval:<task>,...` suites go to lm-evaluation-harness (evals/lm_eval.py); it calls back (unlocked)
+        # for the other suites
+        from emsweep.evals.lm_eval import evaluate_with_lm_eval
+
+        return evaluate_with_lm_eval(
+            run_dir, suites, o, rest=evaluate_run.__wrapped__, recipe=recipe, backend=backend, judge=judge
+        )
     run_dir = Path(run_dir)
     run = CellPaths.of(run_dir)
     if recipe is None:
