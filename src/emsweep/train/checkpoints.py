@@ -146,12 +146,16 @@ def schedule_steps(
     every: int | None = None,
     steps: list[int] | None = None,
     log_spaced: int | None = None,
+    then_every: int | None = None,
     save_final: bool = True,
 ) -> list[int]:
     """The steps at which to save, within 1..total_steps.
 
     `log_spaced=K` gives K distinct steps spaced evenly in log(step) from 1 to total_steps, so the early phase,
-    where domain performance changes fastest, is dense (all steps if there are no more than K).
+    where domain performance changes fastest, is dense (all steps if there are no more than K). With
+    `then_every=N` the K log-spaced steps run from 1 to N only, and every N-th step follows to the end: dense
+    early for the task's convergence, evenly spaced late where misalignment appears ("Overtrained, Not
+    Misaligned"). 375 steps, K=8, N=50: 1 2 3 5 9 16 29 50 100 150 200 250 300 350 375.
     """
     if total_steps <= 0:
         return []
@@ -160,7 +164,10 @@ def schedule_steps(
         chosen.update(range(every, total_steps + 1, every))
     if steps is not None:
         chosen.update(s for s in steps if 1 <= s <= total_steps)
-    if log_spaced is not None:
+    if log_spaced is not None and then_every is not None:
+        chosen.update(log_spaced_steps(min(then_every, total_steps), log_spaced))
+        chosen.update(range(then_every, total_steps + 1, then_every))
+    elif log_spaced is not None:
         chosen.update(log_spaced_steps(total_steps, log_spaced))
     if save_final:
         chosen.add(total_steps)

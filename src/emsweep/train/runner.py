@@ -288,6 +288,7 @@ def _make_callbacks(run_dir: Path, schedule: Any, log_file: Path, preempt_flag: 
                 every=schedule.every,
                 steps=schedule.steps,
                 log_spaced=schedule.log_spaced,
+                then_every=schedule.then_every,
                 save_final=schedule.save_final,
             )
             self.steps = set(self.scheduled)
