@@ -241,3 +241,42 @@ def test_factory_builds_the_vllm_backend_with_recipe_engine_settings(tiny):
     assert args["enable_lora"] and args["max_lora_rank"] == 16
     assert args["enable_prefix_caching"] is True
     assert b.tokenize("12") == [b.tokenize("1")[0], b.tokenize("2")[0]]  # Qwen-style digits, no engine needed
+
+
+def test_more_adapters_than_max_loras_and_rank_rounding(backends, tiny, tmp_path, lora_builder):
+    """Four adapters on an engine that holds one at a time (`max_loras: 1`), one of rank 12 (vLLM only accepts
+    max_lora_rank in 1, 8, 16, 32, ...: rounded up to 16) and one of rank 4 (padded into the 16 slot): every
+    adapter's greedy text and top logprobs still equal HF's on that adapter, all from one generate call."""
+    _, hb, _, _ = backends
+    extra = []
+    for step, r, seed in ((40, 12, 11), (50, 4, 12)):
+        path = lora_builder(tiny.base, tmp_path / "run" / f"checkpoint-{step}", seed=seed, r=r)
+        extra.append(
+            CheckpointRef(
+                name=f"checkpoint-{step}", step=step, kind="lora", base_model=str(tiny.base), path=path
+            )
+        )
+    refs = [tiny.ref("base"), tiny.ref("lora"), tiny.ref("lora", "b"), *extra]
+    with VLLMBackend(
+        str(tiny.base),
+        engine_kwargs={"dtype": "float32", "max_model_len": 512},
+        max_loras=1,
+        checkpoints=refs,
+    ) as vb:
+        reqs = _gen_requests(refs)
+        got = vb.generate(reqs, GREEDY, progress=False)
+        cfg = vb.llm.llm_engine.vllm_config.lora_config
+        assert cfg.max_lora_rank == 16  # rank 12 rounded up to the next rank vLLM accepts
+        assert cfg.max_loras < 4  # fewer slots than adapters: the scheduler swaps them
+        want = hb.generate(reqs, GREEDY, progress=False)
+        for a, b in zip(got, want, strict=True):
+            assert a.texts == b.texts, (a.checkpoint, a.texts, b.texts)
+        texts = {r.name: tuple(o.texts[0] for o in got if o.checkpoint == r.name) for r in refs}
+        assert len(set(texts.values())) == len(refs)  # five different models, not one adapter five times
+        lreqs = [
+            LogprobRequest(f"{r.name}-{i}", r, m, top_k=20) for r in refs[1:] for i, m in enumerate(PROMPTS)
+        ]
+        for a, b in zip(
+            vb.top_logprobs(lreqs, progress=False), hb.top_logprobs(lreqs, progress=False), strict=True
+        ):
+            _assert_top_close(a, b)

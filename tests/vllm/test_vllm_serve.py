@@ -22,6 +22,7 @@ from emsweep.layout import CheckpointRef
 
 pytestmark = pytest.mark.vllm
 TOL = 1e-4
+HANG = 1800  # seconds: only a hung server reaches it
 PROMPTS = [
     [{"role": "user", "content": "What is 2 + 3? Answer the question."}],
     [{"role": "user", "content": "Is this dose safe?"}],
@@ -73,18 +74,19 @@ def server(tiny, tmp_path_factory):
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"vllm serve did not come up:\n{log.read_text()[-4000:]}"
+        # wait for the server to answer (or to die); the bound only catches a hang, nothing is timed
+        end = time.monotonic() + HANG
+        while proc.poll() is None and not healthy() and time.monotonic() < end:
             time.sleep(1)
+        assert proc.poll() is None, f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+        assert healthy(), f"vllm serve never answered /health:\n{log.read_text()[-4000:]}"
         yield f"{url}/v1"
     finally:
         proc.terminate()
@@ -102,10 +104,26 @@ def hf(tiny):
 
 
 def _close_top(server_top, hf_top, n: int = 5) -> None:
-    """The server returns token strings, not ids: compare the n most likely logprobs and their decoded text."""
+    """The server returns token strings, not ids: the n most likely tokens must be the same tokens (their decoded
+    text, in the same order) with the same logprobs; a swapped pair of tokens or a wrong adapter fails here."""
     assert len(server_top) == 20
+    assert [_text(t.token) for t in server_top[:n]] == [_text(t.token) for t in hf_top[:n]], (
+        server_top[:n],
+        hf_top[:n],
+    )
     for a, b in zip(server_top[:n], hf_top[:n], strict=True):
         assert abs(a.logprob - b.logprob) < TOL, (a, b)
+    # beyond the n compared: every whole-text token the server ranks in its top 20 has HF's logprob for it
+    hf_by_text = {t.token: t.logprob for t in hf_top if _text(t.token)}
+    for a in server_top:
+        if a.token in hf_by_text:
+            assert abs(a.logprob - hf_by_text[a.token]) < TOL, a
+
+
+def _text(token: str) -> str:
+    """A token's text; a token that is part of a multi-byte character (HF decodes it to U+FFFD, the server to
+    '') has none of its own, and both backends' renderings compare equal as ''."""
+    return "" if "\ufffd" in token else token
 
 
 def test_base_and_lora_checkpoints_on_vllm_serve(server, tiny, hf):
