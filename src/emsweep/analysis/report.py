@@ -390,6 +390,10 @@ def _build_report(
 
     parts.append(_judge_metrics_html(df))
 
+    from emsweep.analysis.lm_eval_report import lm_eval_html  # lm-evaluation-harness tasks (evals/lm_eval.py)
+
+    parts.append(lm_eval_html(df, out_dir, links.num))
+
     parts.append("<h2>Method</h2><div class='method'>")
     parts.append(markdown_to_html(science.__doc__ or ""))  # the docstring is Markdown: render it
     parts.append("</div>")

@@ -166,6 +166,8 @@ def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
         m = _load_metrics(p)
         # layout: <cell>/eval/<checkpoint>/<suite>/metrics.json
         cell_root = p.parents[3] if len(p.parents) >= 4 and p.parents[2].name == "eval" else p.parent
+        if len(p.parents) >= 5 and p.parents[1].name == "lm_eval" and p.parents[3].name == "eval":
+            cell_root = p.parents[4]  # <cell>/eval/<checkpoint>/lm_eval/<task>/metrics.json (evals/lm_eval.py)
         info = _cell_info(cell_root, cache)
         axes = dict(info.get("axes") or {})
         recipe = info.get("recipe") or {}
@@ -217,6 +219,12 @@ def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
         row["exact_accuracy_hi"] = ex_ci[1] if ex_ci else None
         row["n_exact"] = m.extra.get("n_exact")
         row["init_shape"] = (recipe.get("model") or {}).get("init_shape")
+        lm = m.extra.get("lm_eval") if isinstance(m.extra.get("lm_eval"), dict) else None
+        if lm:  # lm-evaluation-harness tasks: the headline metric, and every metric as `lm:<metric,filter>`
+            row["lm_eval_task"], row["lm_eval_metric"] = lm.get("task"), lm.get("primary_metric")
+            row["lm_eval_value"], row["lm_eval_stderr"] = lm.get("value"), lm.get("stderr")
+            for k, v in (lm.get("metrics") or {}).items():
+                row[f"lm:{k}"] = v
         row["metrics_path"] = str(p)
         row["cell_dir"] = str(cell_root)
         rows.append(row)

@@ -94,23 +94,32 @@ def _spec_of(recipe: Any) -> Any:
 # --- tasks ------------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _builtin_task_dir() -> Iterator[Path]:
+_BUILTIN_DIR: Path | None = None
+_TASK_MANAGERS: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
+def builtin_task_dir() -> Path:
     """emsweep's task YAMLs with `dataset_kwargs.data_files` made absolute (the harness reads them against the
-    working directory; ours sit next to their YAML), in a temporary folder."""
+    working directory; ours sit next to their YAML), rendered once per process into a temporary folder."""
+    import atexit
+    import shutil
+
     import yaml
 
-    with tempfile.TemporaryDirectory(prefix="emsweep-lm-eval-") as tmp:
+    global _BUILTIN_DIR
+    if _BUILTIN_DIR is None or not _BUILTIN_DIR.is_dir():
+        tmp = Path(tempfile.mkdtemp(prefix="emsweep-lm-eval-"))
+        atexit.register(shutil.rmtree, tmp, True)
         for src in sorted(BUILTIN_TASKS.glob("*.yaml")):
             cfg = yaml.safe_load(src.read_text(encoding="utf-8"))
             files = (cfg.get("dataset_kwargs") or {}).get("data_files")
             if isinstance(files, dict):
                 cfg["dataset_kwargs"]["data_files"] = {
-                    k: str((BUILTIN_TASKS / v).resolve()) if not Path(v).is_absolute() else v
-                    for k, v in files.items()
+                    k: v if Path(v).is_absolute() else str((BUILTIN_TASKS / v).resolve()) for k, v in files.items()
                 }
-            atomic_write_text(Path(tmp) / src.name, yaml.safe_dump(cfg, sort_keys=False))
-        yield Path(tmp)
+            atomic_write_text(tmp / src.name, yaml.safe_dump(cfg, sort_keys=False))
+        _BUILTIN_DIR = tmp
+    return _BUILTIN_DIR
 
 
 def _include_paths(spec: Any) -> list[Path]:
@@ -131,9 +140,15 @@ def task_manager(tasks: Sequence[str], include: Sequence[Path]) -> Any:
     _require_harness()
     from lm_eval.tasks import TaskManager
 
-    tm = TaskManager(include_path=[str(p) for p in include], include_defaults=False)
+    def manager(defaults: bool) -> Any:  # indexing the harness's own tasks takes a while: once per process
+        key = (tuple(str(p) for p in include), defaults)
+        if key not in _TASK_MANAGERS:
+            _TASK_MANAGERS[key] = TaskManager(include_path=list(key[0]), include_defaults=defaults)
+        return _TASK_MANAGERS[key]
+
+    tm = manager(False)
     if any(t not in tm.all_tasks for t in tasks):
-        tm = TaskManager(include_path=[str(p) for p in include])
+        tm = manager(True)
     for t in tasks:
         if t not in tm.all_tasks:
             try:
@@ -584,58 +599,56 @@ def run_lm_eval(
     if not todo:
         return out
 
-    with _builtin_task_dir() as builtin:
-        tm = task_manager(tasks, [builtin, *include])
-        check_tasks(tm, [t for ts in todo.values() for t in dict.fromkeys(ts)])
-        pending = [r for r in refs if r.name in todo]
-        base_models = {r.base_model for r in pending}
-        if len(base_models) > 1:
-            raise InputError(f"checkpoints sit on different base models {sorted(base_models)}; one run at a time")
-        base_model = next(iter(base_models))
-        loras = [Path(r.path) for r in pending if kinds[r.name] == "lora"]  # type: ignore[arg-type]
-        cls = _HFModels if backend == "hf" else _VLLMModels
-        models = cls(base_model, loras, batch, dict(spec.model_args))
-        # base and LoRA checkpoints on the shared model first, then the full checkpoints one by one
-        order = sorted(pending, key=lambda r: (kinds[r.name] == "full", r.step))
-        try:
-            for r in order:
-                root = run.eval_dir(r.name, SUITE_DIR)
-                groups: dict[str, list[str]] = {}
-                for t in todo[r.name]:
-                    o = _task_options(spec, t)
-                    groups.setdefault(json.dumps([o["limit"], o["num_fewshot"]]), []).append(t)
-                with models.model(r, kinds[r.name]) as lm:
-                    for key, ts in groups.items():
-                        limit, shots = json.loads(key)
-                        opts = _task_options(spec, ts[0])
-                        log.info("lm_eval %s on %s (%s)", ",".join(ts), r.key, kinds[r.name])
-                        results = lm_eval.simple_evaluate(
-                            model=lm,
-                            tasks=list(ts),
-                            task_manager=tm,
-                            limit=limit,
-                            num_fewshot=shots,
-                            bootstrap_iters=spec.bootstrap_iters,
-                            log_samples=spec.log_samples,
-                            apply_chat_template=spec.apply_chat_template,
-                            fewshot_as_multiturn=spec.fewshot_as_multiturn,
-                            gen_kwargs=dict(spec.gen_kwargs) if spec.gen_kwargs else None,
-                            random_seed=spec.seed,
-                            numpy_random_seed=spec.seed,
-                            torch_random_seed=spec.seed,
-                            fewshot_random_seed=spec.seed,
-                        )
-                        if results is None:  # a non-zero rank of a distributed launch
-                            continue
-                        for t, folders in _folders(list(ts), results).items():
-                            for folder in folders:
-                                opts = _task_options(spec, t)
-                                path = _write_task(root / folder, folder, results, r, cell, backend, opts)
-                                out[f"{r.name}/{SUITE_DIR}/{folder}"] = str(path)
-                            fp = _fingerprint(t, r, backend, _task_options(spec, t), spec, local)
-                            mark_done(root, f"task.{t}", {"fingerprint": fp, "folders": folders})
-        finally:
-            models.close()
+    tm = task_manager(tasks, [builtin_task_dir(), *include])
+    check_tasks(tm, [t for ts in todo.values() for t in dict.fromkeys(ts)])
+    pending = [r for r in refs if r.name in todo]
+    base_models = {r.base_model for r in pending}
+    if len(base_models) > 1:
+        raise InputError(f"checkpoints sit on different base models {sorted(base_models)}; one run at a time")
+    base_model = next(iter(base_models))
+    loras = [Path(r.path) for r in pending if kinds[r.name] == "lora"]  # type: ignore[arg-type]
+    cls = _HFModels if backend == "hf" else _VLLMModels
+    models = cls(base_model, loras, batch, dict(spec.model_args))
+    # base and LoRA checkpoints on the shared model first, then the full checkpoints one by one
+    order = sorted(pending, key=lambda r: (kinds[r.name] == "full", r.step))
+    try:
+        for r in order:
+            root = run.eval_dir(r.name, SUITE_DIR)
+            groups: dict[str, list[str]] = {}
+            for t in todo[r.name]:
+                o = _task_options(spec, t)
+                groups.setdefault(json.dumps([o["limit"], o["num_fewshot"]]), []).append(t)
+            with models.model(r, kinds[r.name]) as lm:
+                for key, ts in groups.items():
+                    limit, shots = json.loads(key)
+                    log.info("lm_eval %s on %s (%s)", ",".join(ts), r.key, kinds[r.name])
+                    results = lm_eval.simple_evaluate(
+                        model=lm,
+                        tasks=list(ts),
+                        task_manager=tm,
+                        limit=limit,
+                        num_fewshot=shots,
+                        bootstrap_iters=spec.bootstrap_iters,
+                        log_samples=spec.log_samples,
+                        apply_chat_template=spec.apply_chat_template,
+                        fewshot_as_multiturn=spec.fewshot_as_multiturn,
+                        gen_kwargs=dict(spec.gen_kwargs) if spec.gen_kwargs else None,
+                        random_seed=spec.seed,
+                        numpy_random_seed=spec.seed,
+                        torch_random_seed=spec.seed,
+                        fewshot_random_seed=spec.seed,
+                    )
+                    if results is None:  # a non-zero rank of a distributed launch
+                        continue
+                    for t, folders in _folders(list(ts), results).items():
+                        for folder in folders:
+                            opts = _task_options(spec, t)
+                            path = _write_task(root / folder, folder, results, r, cell, backend, opts)
+                            out[f"{r.name}/{SUITE_DIR}/{folder}"] = str(path)
+                        fp = _fingerprint(t, r, backend, _task_options(spec, t), spec, local)
+                        mark_done(root, f"task.{t}", {"fingerprint": fp, "folders": folders})
+    finally:
+        models.close()
     return out
 
 
