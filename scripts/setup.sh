@@ -18,10 +18,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if [ "$(cat .venv/.emsweep-stamp 2>/dev/null)" != "$(stamp)" ]; then
-  echo "[setup] installing $TORCH_CPU (CPU) and emsweep[train,openai,dev] into .venv"
+  echo "[setup] installing $TORCH_CPU (CPU) and emsweep[train,openai,slurm,lmeval,dev] into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "$TORCH_CPU"
-  .venv/bin/python -m pip install -q "$TORCH_CPU" -e ".[train,openai,slurm,dev]"
+  .venv/bin/python -m pip install -q "$TORCH_CPU" -e ".[train,openai,slurm,lmeval,dev]"
   stamp > .venv/.emsweep-stamp
 fi
 
