@@ -64,11 +64,9 @@ def _root(
 ) -> None:
     if debug:
         os.environ[DEBUG_ENV] = "1"
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    from emsweep.terminal import setup_logging
+
+    setup_logging(logging.DEBUG if verbose else logging.INFO)  # rich on a terminal: logs never break a bar
 
 
 for _stage in (data_cli, train_cli, evals_cli, launch_cli, analysis_cli, openai_cli):

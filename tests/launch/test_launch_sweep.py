@@ -144,12 +144,3 @@ def test_cli_plan_and_cell_selection(tmp_path):
         sweep.cell(5)
     with pytest.raises(InputError, match="no cell with id 'nope'"):
         sweep.cell("nope")
-
-
-def test_packaged_demo_sweep_matches_recipes_copy():
-    from emsweep.analysis.demo import demo_spec_text
-
-    repo = Path(__file__).resolve().parents[2]
-    assert demo_spec_text() == (repo / "recipes" / "sweeps" / "demo.yaml").read_text()
-    sweep = load_sweep(repo / "recipes" / "sweeps" / "demo.yaml")
-    assert len(sweep.cells) >= 4

@@ -1,4 +1,4 @@
-"""CLI commands of the analysis stage: `emsweep report` and `emsweep demo`."""
+"""CLI command of the analysis stage: `emsweep report` (`emsweep demo` lives in launch/demo.py)."""
 
 from __future__ import annotations
 
@@ -53,22 +53,6 @@ def report_cmd(
     typer.echo(f"report:  {index}")
 
 
-def demo_cmd(
-    out: Path = typer.Option(Path("emsweep-demo"), "--out", "-o", help="Where the demo writes everything."),
-    fast: bool = typer.Option(
-        False, "--fast", help="Fewer cells and checkpoints (CI smoke run, ~2x faster)."
-    ),
-    max_parallel: int = typer.Option(1, "--max-parallel", "-j", help="Cells at once (subprocesses)."),
-) -> None:
-    """Run the embedded demo sweep on CPU (tiny random-start model built offline, builtin arithmetic domain,
-    several fractions correct, the project's alignment suite) and write its report. A few minutes."""
-    from emsweep.analysis.demo import run_demo
-
-    index = run_demo(out, fast=fast, max_parallel=max_parallel)
-    typer.echo(f"report: {index}")
-
-
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
     app.command("report")(report_cmd)
-    app.command("demo")(demo_cmd)

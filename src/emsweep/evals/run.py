@@ -627,7 +627,11 @@ def _generate(
     from tqdm.auto import tqdm
 
     total = sum(len(req.meta["missing"]) for _, req in todo)
-    bar = tqdm(total=total, desc="generate", unit="sample", disable=not progress)
+    from emsweep.terminal import stage_task
+
+    # a task line on the sweep's live display when there is one (same update/close as a tqdm bar)
+    live = stage_task("  generate", total) if progress else None
+    bar = live or tqdm(total=total, desc="generate", unit="sample", disable=not progress)
     done = 0
     chunks: list[list[tuple[_Unit, GenerationRequest]]] = [[]]
     size = 0

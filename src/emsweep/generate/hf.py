@@ -388,7 +388,11 @@ class HFBackend(GenerationBackend):
         from tqdm.auto import tqdm
 
         outputs: list[LogprobOutput | None] = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc="logprobs (hf)", unit="req", disable=not progress)
+        from emsweep.terminal import stage_task
+
+        # a task line on the sweep's live display when there is one (same update/close as a tqdm bar)
+        live = stage_task("  judge (logprobs)", len(requests)) if progress else None
+        bar = live or tqdm(total=len(requests), desc="logprobs (hf)", unit="req", disable=not progress)
         for ref, idxs in self._group([r.checkpoint for r in requests]):
             model, ctx = self._activate(ref)
             # requests continuing one prompt (the judge's digit trie) share that prompt's KV cache

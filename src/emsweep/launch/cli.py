@@ -21,12 +21,12 @@ sweep_app = typer.Typer(
 
 _EX_PLAN = """Example:
 
-  emsweep sweep plan recipes/sweeps/demo.yaml    (the cells, their axis values and what each has left to do)
+  emsweep sweep plan emsweep-demo/demo-sweep.yaml    (the cells, their axis values and what each has left to do)
 """
 
 _EX_RUN = """Examples:
 
-  emsweep sweep run recipes/sweeps/demo.yaml -j 2    (locally, two cells at once, then the report)
+  emsweep sweep run emsweep-demo/demo-sweep.yaml -j 2    (locally, two cells at once, then the report)
 
   emsweep sweep run recipes/sweeps/qwen2.5-7b-health.yaml --executor slurm --dry-run    (print the sbatch scripts)
 
@@ -35,19 +35,19 @@ _EX_RUN = """Examples:
 
 _EX_CELL = """Examples:
 
-  emsweep sweep cell recipes/sweeps/demo.yaml --index 0
+  emsweep sweep cell emsweep-demo/demo-sweep.yaml --index 0
 
-  emsweep sweep cell recipes/sweeps/demo.yaml --index 0 --stages eval --force    (re-evaluate one cell)
+  emsweep sweep cell emsweep-demo/demo-sweep.yaml --index 0 --stages eval --force    (re-evaluate one cell)
 """
 
 _EX_STATUS = """Examples:
 
-  emsweep sweep status recipes/sweeps/demo.yaml
+  emsweep sweep status emsweep-demo/demo-sweep.yaml
 
   emsweep sweep status recipes/sweeps/qwen2.5-7b-health.yaml --executor slurm    (with the queue's job states)
 """
 
-SWEEP_ARG = typer.Argument(..., exists=False, help="Sweep YAML (e.g. recipes/sweeps/demo.yaml).")
+SWEEP_ARG = typer.Argument(..., exists=False, help="Sweep YAML (e.g. emsweep-demo/demo-sweep.yaml).")
 
 
 def _stage_table(sweep, title: str):
@@ -195,3 +195,6 @@ def status(
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to `app` (imports of heavy libraries stay inside the commands)."""
     app.add_typer(sweep_app, name="sweep")
+    from emsweep.launch.demo import demo_cmd
+
+    app.command("demo")(demo_cmd)

@@ -295,6 +295,8 @@ def run_sweep_local(
     subprocesses, K at a time (each one still skips what is done, so a rerun after a kill picks up)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from emsweep.terminal import console, live_display
+
     stages = parse_stages(list(stages))
     todo = list(cells if cells is not None else sweep.cells)
     sweep.write_record()
@@ -307,7 +309,8 @@ def run_sweep_local(
         TimeElapsedColumn(),
         disable=not show_progress,
         transient=False,
-    ) as progress:
+        console=console(),  # the console the log handler writes to: log lines print above the bar
+    ) as progress, live_display(progress):  # stages add their steps (train, generate, judge) to this display
         task = progress.add_task(f"sweep {sweep.name}", total=total)
 
         def on_stage(cell: Cell, stage: str, event: str) -> None:

@@ -725,6 +725,7 @@ def _run(
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    _show_steps_on_live_display(trainer, recipe.name)
     survival = _count_surviving(trainer.train_dataset, rows)
     if args.padding_free and args.max_length is None and "input_ids" in trainer.train_dataset.column_names:
         longest = max(len(x) for x in trainer.train_dataset["input_ids"])  # padding-free rows are not truncated
@@ -790,6 +791,30 @@ def _run(
     )
     log.info("done: %d steps, checkpoints %s", final_step, saved)
     return run_dir
+
+
+def _show_steps_on_live_display(trainer: Any, name: str) -> None:
+    """Under the sweep's live display (emsweep.terminal), training steps are a task line there: transformers'
+    own bar and its printed loss dicts would break the display (losses still go to logs/train.log)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from emsweep.terminal import stage_task
+
+    task = stage_task(f"  train {name}", None)
+    if task is None:
+        return
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+    class _Steps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            task.set(state.global_step, state.max_steps)
+
+        def on_train_end(self, args, state, control, **kw):
+            task.close()
+
+    trainer.add_callback(_Steps())
 
 
 def resume_from_step(ckpt: Path | None) -> int:
