@@ -226,3 +226,59 @@ def test_bad_input_is_named(trained: Path, tmp_path: Path) -> None:
     (broken / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(InputError, match=r"checkpoint-2.*cannot load"):
         evaluate_run(broken, [f"lm_eval:{TASKS[0]}"], checkpoints="2", progress=False)
+
+
+def test_vllm_backend_one_engine_lora_requests_swapped(trained: Path, tmp_path: Path, monkeypatch) -> None:
+    """vLLM path without vLLM: the harness's VLLM class and LoRARequest are replaced by recorders. Step 0 and every
+    LoRA checkpoint share one engine (request None for the base, one id per adapter folder); a full checkpoint gets
+    its own engine, built from its folder."""
+    import lm_eval
+
+    from emsweep.evals import lm_eval as mod
+    from emsweep.layout import CheckpointRef
+    from emsweep.recipe import LmEvalSpec
+
+    engines: list[dict] = []
+    calls: list[tuple[int, object]] = []
+
+    class FakeVLLM:
+        def __init__(self, pretrained: str, **kw) -> None:
+            self.pretrained = pretrained
+            self.lora_request = ("finetuned", 1, kw["lora_local_path"]) if kw.get("lora_local_path") else None
+            engines.append({"pretrained": pretrained, **kw})
+
+    def fake_eval(model, tasks, **kw):
+        engine = next(i for i, e in enumerate(engines) if e["pretrained"] == model.pretrained)
+        calls.append((engine, model.lora_request))
+        return {
+            "results": {t: {"alias": t, "acc,none": 0.5, "acc_stderr,none": 0.1} for t in tasks},
+            "n-samples": {t: {"original": 6, "effective": 6} for t in tasks},
+            "configs": {t: {"metric_list": [{"metric": "acc"}]} for t in tasks},
+        }
+
+    monkeypatch.setattr(mod, "make_vllm_lm", lambda pretrained, **kw: FakeVLLM(pretrained, **kw))
+    monkeypatch.setattr(mod, "make_lora_request", lambda name, i, path: (name, i, path))
+    monkeypatch.setattr(lm_eval, "simple_evaluate", fake_eval)
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    shutil.copytree(trained / "base", run / "checkpoint-3")  # full weights
+    base = str(trained / "base")
+    ck = {s: (run / f"checkpoint-{s}").resolve() for s in (1, 2, 3)}
+    refs = [
+        CheckpointRef("checkpoint-0", 0, "base", base, path=Path(base)),
+        CheckpointRef("checkpoint-1", 1, "lora", base, path=ck[1]),
+        CheckpointRef("checkpoint-2", 2, "lora", base, path=ck[2]),
+        CheckpointRef("checkpoint-3", 3, "full", base, path=ck[3]),
+    ]
+    rank = json.loads((ck[2] / "adapter_config.json").read_text())["r"]
+    out = mod.run_lm_eval(run, [f"lm_eval:{TASKS[0]}"], refs, spec=LmEvalSpec(backend="vllm", batch_size=8))
+    assert len(out) == 4 and len(engines) == 2
+    assert engines[0]["pretrained"] == base and engines[0]["lora_local_path"] == str(ck[1])
+    assert engines[0]["max_lora_rank"] == max(16, rank) and engines[0]["batch_size"] == 8
+    assert engines[1]["pretrained"] == str(ck[3]) and "lora_local_path" not in engines[1]
+    assert calls == [
+        (0, None),
+        (0, ("checkpoint-1", 1, str(ck[1]))),
+        (0, ("checkpoint-2", 2, str(ck[2]))),
+        (1, None),
+    ]

@@ -311,6 +311,13 @@ def make_vllm_lm(pretrained: str, **kwargs: Any) -> Any:
     return VLLM(pretrained=pretrained, **kwargs)
 
 
+def make_lora_request(name: str, lora_id: int, path: str) -> Any:
+    """vLLM's LoRARequest (a seam, like make_vllm_lm)."""
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(name, lora_id, path)
+
+
 class _VLLMModels:
     """One vLLM engine with LoRA enabled for step 0 and every LoRA checkpoint (a LoRARequest each); an engine per
     full checkpoint."""
@@ -320,7 +327,8 @@ class _VLLMModels:
         self.lora_paths = lora_paths
         self.args = {"batch_size": batch_size if batch_size is not None else "auto", **model_args}
         self._lm: Any = None
-        self._ids: dict[str, int] = {}
+        # the harness names the adapter it is built with LoRARequest("finetuned", 1, path): keep id 1 for it
+        self._ids: dict[str, int] = {str(lora_paths[0].resolve()): 1} if lora_paths else {}
         self._full: tuple[str, Any] | None = None
 
     def _shared(self) -> Any:
@@ -350,11 +358,9 @@ class _VLLMModels:
         if kind == "base":
             lm.lora_request = None
         else:
-            from vllm.lora.request import LoRARequest
-
             key = str(Path(ref.path).resolve())  # type: ignore[arg-type]
-            self._ids.setdefault(key, len(self._ids) + 1)
-            lm.lora_request = LoRARequest(f"{ref.name}", self._ids[key], key)
+            self._ids.setdefault(key, len(self._ids) + 1)  # vLLM caches adapters by id: one id per folder
+            lm.lora_request = make_lora_request(ref.name, self._ids[key], key)
         yield lm
 
     def close(self) -> None:
