@@ -11,7 +11,8 @@ import typer
 
 SUITE_HELP = (
     "Suite to evaluate (repeatable): a builtin name (see `emsweep suites`), a YAML path in Betley et al.'s schema, "
-    "NAME=PATH (e.g. first_plot=.../first_plot_questions.yaml), or `domain` (the run's held-out split)."
+    "NAME=PATH (e.g. first_plot=.../first_plot_questions.yaml), `domain` (the run's held-out split), or "
+    "`lm_eval:<task>[,<task>...]` (lm-evaluation-harness tasks, options in eval.lm_eval; docs/lm_eval.md)."
 )
 BACKENDS_HELP = "hf | vllm | openai | openai-compatible"
 
