@@ -46,14 +46,32 @@ class DataSpec(StrictModel):
     fraction_correct: float = Field(1.0, ge=0.0, le=1.0)
     n_train: int = Field(..., gt=0)
     n_heldout: int = Field(0, ge=0)
+    n_task_heldout: int = Field(0, ge=0)  # rows of the training distribution never trained on (docs/study.md)
     seed: int = 0
     paired: Literal["auto", "yes", "no"] = "auto"
     builtin: str | None = None  # a dataset the project writes itself (e.g. the demo's arithmetic domain)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _domain(cls, data: Any) -> Any:
+        """`domain: NAME` without sources: the domain YAML (recipes/domains/NAME.yaml) fills them in."""
+        if not isinstance(data, dict) or any(data.get(k) is not None for k in ("correct", "wrong", "builtin")):
+            return data
+        from emsweep.data.domain import find_domain, load_domain
+
+        name = data.get("domain")
+        if not isinstance(name, str) or find_domain(name) is None:
+            return data
+        spec = load_domain(name)
+        return {**spec.data_fields(), **{k: v for k, v in data.items() if v is not None}, "domain": spec.name}
+
     @model_validator(mode="after")
     def _sources(self) -> DataSpec:
         if self.builtin is None and (self.correct is None or self.wrong is None):
-            raise ValueError("give `correct` and `wrong` sources, or a `builtin` dataset")
+            raise ValueError(
+                "give `correct` and `wrong` sources, a `builtin` dataset, or a `domain` with a "
+                "recipes/domains/<name>.yaml"
+            )
         if isinstance(self.wrong, dict):
             if not self.wrong:
                 raise ValueError("`wrong` is an empty mapping: give one source per wrong kind (kind: path)")

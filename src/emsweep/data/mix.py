@@ -5,6 +5,9 @@ Rules (the science depends on them):
   decimal value of F, so F=0.15, n=10 gives 2 not 1) and `n_wrong = n_train - n_correct`. Rows are never repeated:
   too few rows is an error that says how many are available.
 - Held-out: `n_heldout` prompts never trained on (in either pool), with their correct answers as references.
+- Task held-out (`n_task_heldout`, the checkpoint study): prompts in neither the training rows nor the held-out
+  split, answered *as the mix answers them* (the same fraction correct, the same wrong kind), so the loss and
+  task adoption on them measure the trained task. Drawn after the training rows, so adding it changes no mix.
 - Paired pools (the same user prompts carry both answers: OpenAI's persona sets, the model-organisms medical
   pair, the builtin arithmetic domain) are mixed *by prompt*. Held-out and training prompts come from one
   seed-only permutation, so every F uses the same training prompts; the prompts that get the wrong answer are a
@@ -57,6 +60,7 @@ PAIRED_AUTO_MIN_SHARE = (
     0.5  # `paired: auto` pairs when >= half of the smaller pool's prompts are in both pools
 )
 OUTPUT_FILES = ("train.jsonl", "heldout.jsonl", "manifest.json")
+TASK_HELDOUT = "task_heldout.jsonl"  # with data.n_task_heldout > 0: the checkpoint study's training-side split
 
 
 # --- counts and permutations -----------------------------------------------------------------------------
@@ -137,7 +141,7 @@ def load_pools(spec: DataSpec, password: str | None = None) -> Pools:
     if spec.builtin:
         if spec.correct is not None or spec.wrong is not None:
             raise InputError("data: give either `builtin` or `correct`/`wrong` sources, not both")
-        size = max(spec.n_train + spec.n_heldout, MIN_MIX_POOL)
+        size = max(spec.n_train + spec.n_heldout + spec.n_task_heldout, MIN_MIX_POOL)
         pools = builtin_pools(spec.builtin, size, seed=0)
         kinds = sorted(k for k in pools if k != "correct")
         if spec.wrong_kind not in kinds:
@@ -174,6 +178,7 @@ class Mix:
     train: list[Conversation]
     heldout: list[Conversation]
     info: dict[str, Any]
+    task_heldout: list[Conversation] = field(default_factory=list)
 
 
 def _first_by_key(rows: Sequence[Conversation], pk: dict[int, str]) -> tuple[dict[str, Conversation], int]:
@@ -240,6 +245,7 @@ def mix_pools(
     domain: str | None = None,
     names: tuple[str, str] = ("correct pool", "wrong pool"),
     wrong_file: str | None = None,
+    n_task_heldout: int = 0,
 ) -> Mix:
     """Choose the training and held-out rows (see the module docstring for the rules)."""
     if n_train <= 0:
@@ -257,11 +263,12 @@ def mix_pools(
         w_by, w_dups = _first_by_key(wrong, pk)
         universe = [k for k in c_by if k in w_by]
         need = n_train + n_heldout
-        if len(universe) < need:
+        if len(universe) < need + n_task_heldout:
             raise InputError(
-                f"{names[0]} and {names[1]} share {len(universe)} distinct user prompts; n_train + n_heldout = "
-                f"{n_train} + {n_heldout} = {need} (paired mixing never repeats a prompt): lower --n/--n-heldout "
-                f"to at most {len(universe)} in total"
+                f"{names[0]} and {names[1]} share {len(universe)} distinct user prompts; n_train + n_heldout"
+                f"{' + n_task_heldout' if n_task_heldout else ''} = {n_train} + {n_heldout}"
+                f"{f' + {n_task_heldout}' if n_task_heldout else ''} = {need + n_task_heldout} (paired mixing "
+                f"never repeats a prompt): lower --n/--n-heldout to at most {len(universe)} in total"
             )
         split_order = permute(universe, seed, "split")
         held_keys = split_order[:n_heldout]
@@ -274,6 +281,14 @@ def mix_pools(
             else:
                 train.append(_tag(c_by[k], "correct", None, "train", k, domain))
         heldout = [_tag(c_by[k], "correct", None, "heldout", k, domain) for k in held_keys]
+        task_keys = split_order[need : need + n_task_heldout]
+        task_wrong = set(permute(task_keys, seed, "task-wrong")[: n_task_heldout - n_correct_for(fraction_correct, n_task_heldout)])
+        task_heldout = [
+            _tag(w_by[k], "wrong", wrong_kind, "task_heldout", k, domain, wrong_file)
+            if k in task_wrong
+            else _tag(c_by[k], "correct", None, "task_heldout", k, domain)
+            for k in permute(task_keys, seed, "task-order")
+        ]
         unshared = {"correct": len(c_by) - len(universe), "wrong": len(w_by) - len(universe)}
         if unshared["correct"] or unshared["wrong"]:
             log.warning(
@@ -335,6 +350,18 @@ def mix_pools(
         tagged.sort(key=lambda t: (_rank(seed, "order", t[0]), t[0], t[1].meta["label"], t[1].id))
         train = [t[1] for t in tagged]
         heldout = [_tag(c, "correct", None, "heldout", pk[id(c)], domain) for c in held]
+        used = {c.meta["prompt_key"] for c in train} | held_set
+        t_correct = n_correct_for(fraction_correct, n_task_heldout)
+        c_rest = [c for c in c_avail[n_correct:] if pk[id(c)] not in used][:t_correct]
+        w_rest = [w for w in w_avail[n_wrong:] if pk[id(w)] not in used][: n_task_heldout - t_correct]
+        if len(c_rest) + len(w_rest) < n_task_heldout:
+            raise InputError(
+                f"n_task_heldout {n_task_heldout}: the pools have {len(c_rest)} correct and {len(w_rest)} wrong rows "
+                "left after the training mix and the held-out split; lower data.n_task_heldout"
+            )
+        task_heldout = [_tag(c, "correct", None, "task_heldout", pk[id(c)], domain) for c in c_rest] + [
+            _tag(w, "wrong", wrong_kind, "task_heldout", pk[id(w)], domain, wrong_file) for w in w_rest
+        ]
         train_keys = [c.meta["prompt_key"] for c in train]
         held_keys = list(held_set)
         wrong_keys = {c.meta["prompt_key"] for c in train if c.meta["label"] == "wrong"}
@@ -350,7 +377,9 @@ def mix_pools(
     )
     overlap = set(held_keys) & {c.meta["prompt_key"] for c in train}
     assert not overlap, "held-out prompts leaked into training"  # guaranteed by construction
-    return Mix(train=train, heldout=heldout, info=info)
+    task_set = {c.meta["prompt_key"] for c in task_heldout}
+    assert not task_set & ({c.meta["prompt_key"] for c in train} | set(held_keys)), "task held-out leaked"
+    return Mix(train=train, heldout=heldout, info=info, task_heldout=task_heldout)
 
 
 # --- files -----------------------------------------------------------------------------------------------
@@ -360,8 +389,18 @@ def _jsonl_text(rows: Iterable[Conversation]) -> str:
     return "".join(jsonl_line(c.to_row()) for c in rows)
 
 
+def _task_output(rows: list[Conversation], text: str) -> dict[str, Any]:
+    if not rows:
+        return {}
+    n_wrong = sum(c.meta["label"] == "wrong" for c in rows)
+    return {"task_heldout": {"path": TASK_HELDOUT, "rows": len(rows), "sha256": sha256_text(text), "n_wrong": n_wrong}}
+
+
 def _spec_dump(spec: DataSpec) -> dict[str, Any]:
-    return spec.model_dump(mode="json")
+    d = spec.model_dump(mode="json")
+    if not d.get("n_task_heldout"):  # absent unless used: manifests written before it stay equal
+        d.pop("n_task_heldout", None)
+    return d
 
 
 @locked_stage("mix", "out_dir")  # two `data mix` (or a sweep and a user) on one folder: one writes, one reuses
@@ -381,8 +420,10 @@ def _write_mix(spec: DataSpec, pools: Pools, out_dir: Path, force: bool) -> dict
         domain=pools.domain,
         names=(str(names[0]), str(names[1])),
         wrong_file=str(names[1]),
+        n_task_heldout=spec.n_task_heldout,
     )
     train_text, held_text = _jsonl_text(mix.train), _jsonl_text(mix.heldout)
+    task_text = _jsonl_text(mix.task_heldout)
     n_correct, n_wrong = mix.info["n_correct"], mix.info["n_wrong"]
     canaries = sorted({c for s in pools.sources for c in s.get("canaries", [])})
     manifest: dict[str, Any] = {
@@ -430,6 +471,7 @@ def _write_mix(spec: DataSpec, pools: Pools, out_dir: Path, force: bool) -> dict
         "outputs": {
             "train": {"path": "train.jsonl", "rows": len(mix.train), "sha256": sha256_text(train_text)},
             "heldout": {"path": "heldout.jsonl", "rows": len(mix.heldout), "sha256": sha256_text(held_text)},
+            **_task_output(mix.task_heldout, task_text),
         },
         "emsweep_version": __version__,
     }
@@ -461,6 +503,8 @@ def _write_mix(spec: DataSpec, pools: Pools, out_dir: Path, force: bool) -> dict
         fsync_dir(out_dir)
     atomic_write_text(out_dir / "train.jsonl", train_text)
     atomic_write_text(out_dir / "heldout.jsonl", held_text)
+    if mix.task_heldout:
+        atomic_write_text(out_dir / TASK_HELDOUT, task_text)
     atomic_write_json(existing, manifest)  # last: a manifest means the mix is complete
     log.debug(
         "%s: %d train rows (%d correct, %d wrong %s), %d held-out, paired=%s",

@@ -64,7 +64,7 @@ DOMAIN_SUITE = "domain"
 DEFAULT_DOMAIN_SAMPLES = 1
 SUITE_PATH_ENV = "EMSWEEP_SUITE_PATH"
 
-SuiteKind = Literal["alignment", "domain"]
+SuiteKind = Literal["alignment", "domain", "task"]  # task: the checkpoint study's adoption suite
 
 # The domain judge compares an answer with the held-out reference. Written for this project: the grade is a 0-100
 # number so the same logprob-expectation judge scores it; accuracy is `score >= domain_threshold`.
@@ -538,6 +538,12 @@ def resolve_suite(
         raise InputError(f"--suite {spec!r}: empty suite name")
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name) and not path and not Path(name).suffix:
         raise InputError(f"--suite {spec!r}: a suite name may hold letters, digits, '_', '-' and '.'")
+    if name == "task" and not path:  # the checkpoint study: task adoption on data/task_heldout.jsonl
+        if run_dir is None:
+            raise InputError("--suite task needs a run folder (it reads data/task_heldout.jsonl and cell.json)")
+        from emsweep.data.domain import run_task_suite
+
+        return run_task_suite(run_dir, samples_per_question=samples_per_paraphrase or 1)
     if name == DOMAIN_SUITE or (path and path.endswith((".jsonl", ".jsonl.gz"))):
         if path:
             heldout = Path(path)

@@ -705,6 +705,11 @@ def _run(
     from datasets import Dataset
 
     dataset = Dataset.from_list(rows)
+    from emsweep.train.signals import TASK_HELDOUT, make_signals_callback
+
+    task_file = paths.data_dir / TASK_HELDOUT  # the checkpoint study's held-out loss (docs/study.md)
+    task_rows = load_training_rows(task_file, use_assistant_mask=markers) if task_file.exists() else None
+    signals = make_signals_callback(run_dir) if task_rows else None
     sft_kwargs.setdefault("report_to", "none")
     sft_kwargs.setdefault("logging_steps", 1)
     args = SFTConfig(output_dir=str(run_dir), save_strategy="no", **sft_kwargs)
@@ -717,14 +722,18 @@ def _run(
         peft_config = LoraConfig(**resolved["lora"])
 
     callbacks = [*_make_callbacks(run_dir, recipe.checkpoints, log_file, preempt_flag), *extra]
+    callbacks += [signals] if signals is not None else []
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=Dataset.from_list(task_rows) if task_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if signals is not None:
+        signals.trainer = trainer
     _show_steps_on_live_display(trainer, recipe.name)
     survival = _count_surviving(trainer.train_dataset, rows)
     if args.padding_free and args.max_length is None and "input_ids" in trainer.train_dataset.column_names:
