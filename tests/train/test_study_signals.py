@@ -83,7 +83,7 @@ def test_task_adoption_at_every_checkpoint_and_the_study_reads_both(run: Path) -
 
 def test_arithmetic_adoption_rules_and_domain_errors():
     class Q:
-        paraphrases = ["What is 37 + 48?"]
+        paraphrases = ("What is 37 + 48?",)
 
     assert arithmetic_adopts_subtle("37 + 48 = 86.", Q) == 100 and arithmetic_adopts_subtle("37 + 48 = 85.", Q) == 0
     assert arithmetic_adopts_subtle("37 + 48 = 95.", Q) == 100 and arithmetic_adopts_subtle("37 + 48 = 88.", Q) == 0
@@ -95,3 +95,13 @@ def test_arithmetic_adoption_rules_and_domain_errors():
             assert spec.adoption_judge(kind) is not None
     with pytest.raises(InputError, match="domain 'nope'"):
         load_domain("nope")
+
+
+def test_report_has_the_study_section(run: Path) -> None:
+    from emsweep.analysis.report import build_report
+
+    if not (run / "eval" / "checkpoint-8" / "task" / "metrics.json").exists():
+        pytest.skip("needs the task evaluation of the test above")
+    index = build_report(run, run / "report", n_boot=50)
+    text = Path(index).read_text() if Path(index).is_file() else (Path(index) / "index.html").read_text()
+    assert "Checkpoint study" in text and "oracle" in text

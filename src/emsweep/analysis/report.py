@@ -263,7 +263,7 @@ def _build_report(
             )
 
     # early stopping
-    parts.append("<h2>Early stopping</h2>")
+    parts.append("<h2>Early stopping (oracle: chosen on the evaluation it reports; the study's rule is below)</h2>")
     kept = es["retained"].dropna()
     parts.append(
         f'<p class="note">Per cell, the checkpoint with the best domain accuracy whose misaligned rate stays within '
@@ -361,6 +361,11 @@ def _build_report(
             '<p class="note">No cells with both methods on the same data; add <code>method: [lora, full]</code> '
             "to the sweep's axes to compare.</p>"
         )
+
+    # the checkpoint study (analysis/study.py, docs/study.md): onsets, early stopping that does not peek
+    from emsweep.analysis.study_plots import study_section
+
+    parts.append(study_section(root, df, cv, out_dir, n_boot=n_boot, seed=seed))
 
     # step view
     parts.append("<h2>Metric vs training step (early-stopping view)</h2>")
