@@ -8,6 +8,11 @@ called by emsweep talk to this cluster. Missing binaries are an error, never a s
 Requeue delay: SLURM holds a requeued job until its launch credential would have expired
 (`AuthInfo=...,cred_expire=` seconds, default 120, see `man slurm.conf`); we set it to CRED_EXPIRE so the
 preemption test waits seconds, not minutes.
+
+Time limits: slurmctld checks them every 30 s (PERIODIC_TIMEOUT, compiled in) and sends a job's `--signal` at
+the first check within 30 s of `time limit - lead time`, so a `--time=2 --signal=B:USR1@5` job gets SIGUSR1
+85 to 115 s after it starts (measured on Debian's 22.05). `OverTimeLimit=1` gives a job still saving its
+checkpoint when the limit passes a minute's grace (the lead time here is seconds, not a real job's minutes).
 """
 
 from __future__ import annotations
@@ -77,6 +82,24 @@ class SlurmCluster:
             time.sleep(1)
         raise AssertionError(f"jobs still queued after {timeout}s:\n" + "\n".join(self.queue()) + self.logs())
 
+    def wait_for(
+        self, pred, timeout: float, what: str, job: str | None = None, logs=None, poll: float = 0.2
+    ) -> None:
+        """Poll `pred` until true. Fail with the queue and `logs()` when `timeout` passes (generous: a loaded
+        machine is slow, not wrong) or at once when `job` has left the queue without `pred` becoming true."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return
+            if job is not None and not any(ln.split()[0].split("_")[0] == job for ln in self.queue()):
+                if pred():
+                    return
+                raise AssertionError(f"job {job} ended before {what}" + (logs() if logs else self.logs()))
+            time.sleep(poll)
+        raise AssertionError(
+            f"no {what} after {timeout}s\n" + "\n".join(self.queue()) + (logs() if logs else self.logs())
+        )
+
     def completions(self) -> list[dict[str, str]]:
         """Final job records from jobcomp/filetxt (no accounting daemon here), one dict per job run."""
         if not self.jobcomp.exists():
@@ -143,6 +166,7 @@ ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1,bf_interval=1
 MinJobAge=5
+OverTimeLimit=1
 KillWait=10
 InactiveLimit=0
 SlurmctldTimeout=30

@@ -3,8 +3,6 @@ with submitit's signal, requeued by submitit, resumed from the saved checkpoint.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from emsweep.io import is_done
@@ -25,17 +23,16 @@ def test_submitit_launcher_trains_and_survives_preemption(slurm_cluster, make_sw
     job = entry["jobs"][0]["job_id"]
     assert read_ledger(sweep)["submissions"][0]["status"] == "submitted"
 
-    deadline = time.monotonic() + 300
-    while not is_complete(cell.root / "checkpoint-2"):
-        assert time.monotonic() < deadline, "no first checkpoint\n" + "\n".join(slurm_cluster.queue())
-        if not any(ln.split()[0].split("_")[0] == job for ln in slurm_cluster.queue()):
-            logs = "".join(p.read_text() for p in sorted(sweep.root.glob("slurm/submitit/*/*_log.*")))
-            raise AssertionError(f"job {job} ended before its first checkpoint\n{logs[-4000:]}")
-        time.sleep(0.2)
+    def logs() -> str:
+        return "".join(p.read_text() for p in sorted(sweep.root.glob("slurm/submitit/*/*_log.*")))[-4000:]
+
+    slurm_cluster.wait_for(
+        lambda: is_complete(cell.root / "checkpoint-2"), 600, "first checkpoint", job=job, logs=logs
+    )
     # submitit asks SLURM for SIGUSR2 before the time limit, sent to the job step (not the batch shell)
     r = slurm_cluster.run("scancel", "--signal=USR2", job, check=False)
     assert r.returncode == 0, r.stderr + "\n".join(slurm_cluster.queue())
-    slurm_cluster.wait_empty(timeout=300, job_ids=[job])
+    slurm_cluster.wait_empty(timeout=600, job_ids=[job])
 
     assert is_done(cell.root, "train")
     log = (cell.root / "logs" / "train.log").read_text()

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,20 +33,6 @@ def _logs(sweep) -> str:
     for p in sorted((sweep.root / "slurm" / "logs").glob("*.out")):
         out.append(f"\n--- {p.name} ---\n" + p.read_text(errors="replace")[-3000:])
     return "".join(out)
-
-
-def _wait_for(pred, timeout: float, what: str, sweep, cluster, job: str | None = None) -> None:
-    """Poll `pred`; fail at once (with the logs) if `job` has left the queue without `pred` becoming true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        if job is not None and not any(ln.split()[0].split("_")[0] == job for ln in cluster.queue()):
-            if pred():
-                return
-            raise AssertionError(f"job {job} ended before {what}\n" + _logs(sweep))
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(cluster.queue()) + _logs(sweep))
 
 
 def test_sweep_runs_end_to_end_through_sbatch_and_resubmits_nothing(slurm_cluster, make_sweep, tmp_path):
@@ -83,7 +68,7 @@ def test_sweep_runs_end_to_end_through_sbatch_and_resubmits_nothing(slurm_cluste
         )
         assert (c.root / "eval" / "checkpoint-6" / "domain" / "metrics.json").exists()
     assert (sweep.root / "report" / "index.html").exists(), _logs(sweep)
-    assert (sweep.root / "report" / "results.csv").exists()
+    _assert_results_csv_matches_metrics(sweep)
     assert slurm_cluster.states(ids["train"]) == {"0": ["COMPLETED"], "1": ["COMPLETED"]}
     assert slurm_cluster.states(ids["eval"]) == {"0": ["COMPLETED"], "1": ["COMPLETED"]}
     assert slurm_cluster.states(ids["report"]) == {"-": ["COMPLETED"]}
@@ -105,6 +90,53 @@ def test_sweep_runs_end_to_end_through_sbatch_and_resubmits_nothing(slurm_cluste
     assert r.returncode == 0 and "2/2 cells done" in r.stdout, r.stdout + r.stderr
 
 
+def _assert_results_csv_matches_metrics(sweep) -> None:
+    """The report job's results.csv holds, cell by cell, the numbers of the metrics.json each row names."""
+    import math
+
+    import pandas as pd
+
+    from emsweep.analysis.results import CI_METRICS
+
+    df = pd.read_csv(sweep.root / "report" / "results.csv")
+    assert sorted(df["cell"]) == sorted(c.id for c in sweep.cells)
+    for row in df.to_dict("records"):
+        path = Path(row["metrics_path"])
+        assert path == sweep.root / row["cell"] / "eval" / "checkpoint-6" / "domain" / "metrics.json"
+        m = json.loads(path.read_text())
+        # n_samples is what was generated: the rows of the samples file next to it
+        assert m["n_samples"] == len((path.parent / "samples.jsonl").read_text().splitlines()) > 0
+        assert (row["checkpoint"], row["step"], row["suite"]) == ("checkpoint-6", 6, "domain")
+        assert (row["n"], row["n_samples"]) == (m["n"], m["n_samples"])
+        compared = 0
+        for k in CI_METRICS:
+            ci = m[f"{k}_ci"] or [None, None]
+            for col, want in ((k, m[k]), (f"{k}_lo", ci[0]), (f"{k}_hi", ci[1])):
+                got = row[col]
+                if want is None:
+                    assert got is None or math.isnan(got), (col, got)
+                else:
+                    assert got == pytest.approx(want, rel=1e-9), (row["cell"], col, got, want)
+                    compared += 1
+        # the answer checker's accuracy (builtin arithmetic), which needs no judge
+        ex_ci = m["extra"].get("exact_accuracy_ci") or [None, None]
+        for col, want in (
+            ("exact_accuracy", m["extra"]["exact_accuracy"]),
+            ("exact_accuracy_lo", ex_ci[0]),
+            ("exact_accuracy_hi", ex_ci[1]),
+            ("n_exact", m["extra"]["n_exact"]),
+            ("none_rate", m["none_rate"]),
+            ("n_samples", m["n_samples"]),
+        ):
+            assert want is not None and row[col] == pytest.approx(want, rel=1e-9), (row["cell"], col, row[col], want)
+            compared += 1
+        for name, jm in m["judge_metrics"].items():
+            if jm.get("mean") is not None:
+                assert row[f"judge:{name}_mean"] == pytest.approx(jm["mean"], rel=1e-9)
+                compared += 1
+        assert compared >= 6
+
+
 def test_preempted_training_requeues_itself_and_resumes_to_the_same_weights(slurm_cluster, make_sweep):
     """Two cells with identical training (they differ only in eval batch size): cell 0 gets SIGUSR1 mid-training
     as SLURM's --signal would send it, saves, requeues and resumes; cell 1 trains uninterrupted. Same weights."""
@@ -120,13 +152,8 @@ def test_preempted_training_requeues_itself_and_resumes_to_the_same_weights(slur
     assert entry is not None and [j["key"] for j in entry["jobs"]] == ["train"]
     train = entry["jobs"][0]["job_id"]
 
-    _wait_for(
-        lambda: is_complete(victim.root / "checkpoint-2"),
-        300,
-        "the first checkpoint",
-        sweep,
-        slurm_cluster,
-        train,
+    slurm_cluster.wait_for(
+        lambda: is_complete(victim.root / "checkpoint-2"), 600, "the first checkpoint", train, lambda: _logs(sweep)
     )
     assert not is_done(victim.root, "train")
     slurm_cluster.run("scancel", "--signal=USR1", "--batch", f"{train}_0")
@@ -246,8 +273,8 @@ def test_multi_gpu_launch_goes_through_srun_and_forwards_the_signal(slurm_cluste
     (sweep.root / "slurm" / "logs").mkdir(parents=True)
     job = slurm_cluster.run("sbatch", "--parsable", str(script)).stdout.strip()
 
-    _wait_for(
-        lambda: log.exists() and "ready" in log.read_text(), 120, "the launcher", sweep, slurm_cluster, job
+    slurm_cluster.wait_for(
+        lambda: log.exists() and "ready" in log.read_text(), 600, "the launcher", job, lambda: _logs(sweep)
     )
     slurm_cluster.run("scancel", "--signal=USR1", "--batch", f"{job}_0")
     slurm_cluster.wait_empty(timeout=120, job_ids=[job])
@@ -273,25 +300,45 @@ def test_multi_gpu_launch_goes_through_srun_and_forwards_the_signal(slurm_cluste
     assert slurm_cluster.states(job)["0"][-1] == "COMPLETED"
 
 
-def test_failed_training_cancels_its_evaluation_and_status_points_at_the_log(
-    slurm_cluster, make_sweep, tmp_path
+def test_failed_training_cancels_its_evaluation_and_a_resubmission_runs_only_what_failed(
+    slurm_cluster, make_sweep, tiny_model_dir, tmp_path
 ):
-    import yaml
-
-    path = make_sweep("fails", axes={"data.fraction_correct": [1.0]})
-    spec = yaml.safe_load(path.read_text())
-    spec["base"]["model"]["path"] = str(tmp_path / "no-such-model")
-    path.write_text(yaml.safe_dump(spec))
+    """Two cells, one of whose model is missing: its training fails, its evaluation is cancelled, the report
+    still runs on the other cell. Once the model is there, resubmitting submits that one cell and nothing else."""
+    late = tmp_path / "late-model"
+    path = make_sweep("fails", axes={"model.path": [str(tiny_model_dir), str(late)]}, max_steps=2, steps=(2,))
     sweep = load_sweep(path)
+    good, bad = sweep.cells
     entry = run_sweep_slurm(sweep, echo=lambda s: None)
     ids = {j["key"]: j["job_id"] for j in entry["jobs"]}
-    slurm_cluster.wait_empty(timeout=180, job_ids=list(ids.values()))
-    assert slurm_cluster.states(ids["train"]) == {"0": ["FAILED"]}, _logs(sweep)
+    slurm_cluster.wait_empty(timeout=600, job_ids=list(ids.values()))
+    assert slurm_cluster.states(ids["train"]) == {"0": ["COMPLETED"], "1": ["FAILED"]}, _logs(sweep)
     # --kill-on-invalid-dep: the evaluation of a failed training is cancelled, not left pending forever
-    assert slurm_cluster.states(ids["eval"]) == {"0": ["CANCELLED"]}
-    assert slurm_cluster.states(ids["report"])["-"] != ["CANCELLED"]  # afterany: the report still ran
-    [row] = slurm_status(sweep).cells
-    assert row.stages == {"mix": True, "train": False, "eval": False}
-    assert row.job == "train ended, not done: see log"
-    assert row.log.endswith(f"train-{ids['train']}_0.out")
-    assert "no-such-model" in (sweep.root / "slurm" / "logs" / f"train-{ids['train']}_0.out").read_text()
+    assert slurm_cluster.states(ids["eval"]) == {"0": ["COMPLETED"], "1": ["CANCELLED"]}, _logs(sweep)
+    # afterany: the report ran, and succeeded, on what finished
+    assert slurm_cluster.states(ids["report"]) == {"-": ["COMPLETED"]}, _logs(sweep)
+    import pandas as pd
+
+    assert list(pd.read_csv(sweep.root / "report" / "results.csv")["cell"]) == [good.id]
+    rows = {r.cell: r for r in slurm_status(sweep).cells}
+    assert rows[good.id].job == "finished"
+    assert rows[bad.id].stages == {"mix": True, "train": False, "eval": False}
+    assert rows[bad.id].job == "train ended, not done: see log"
+    assert rows[bad.id].log.endswith(f"train-{ids['train']}_1.out")
+    assert "late-model" in (sweep.root / "slurm" / "logs" / f"train-{ids['train']}_1.out").read_text()
+
+    # The model arrives; resubmitting submits the failed cell only (train, then its evaluation).
+    late.symlink_to(tiny_model_dir, target_is_directory=True)
+    good_files = {p: p.read_bytes() for p in (good.root / "logs").glob("*.log")}
+    again = run_sweep_slurm(sweep, report=False, echo=lambda s: None)
+    assert again["number"] == 2
+    assert [(j["key"], j["cells"]) for j in again["jobs"]] == [("train", [bad.id]), ("eval", [bad.id])]
+    script = Path(again["jobs"][0]["script"]).read_text()
+    assert bad.id in script and good.id not in script and "#SBATCH --array=0\n" in script
+    ids2 = {j["key"]: j["job_id"] for j in again["jobs"]}
+    slurm_cluster.wait_empty(timeout=600, job_ids=list(ids2.values()))
+    assert slurm_cluster.states(ids2["train"]) == {"0": ["COMPLETED"]}, _logs(sweep)
+    assert slurm_cluster.states(ids2["eval"]) == {"0": ["COMPLETED"]}, _logs(sweep)
+    assert all(is_done(c.root, s) for c in sweep.cells for s in ("mix", "train", "eval")), _logs(sweep)
+    # the cell that had succeeded was not run again
+    assert {p: p.read_bytes() for p in (good.root / "logs").glob("*.log")} == good_files and good_files
