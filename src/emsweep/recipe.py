@@ -63,6 +63,12 @@ class DataSpec(StrictModel):
         if not isinstance(name, str) or find_domain(name) is None:
             return data
         spec = load_domain(name)
+        kind = data.get("wrong_kind")
+        if isinstance(kind, str) and kind not in spec.kinds():
+            raise ValueError(
+                f"data.wrong_kind is {kind!r} but domain {spec.name} ({find_domain(name)}) has no file for it: "
+                f"no key `wrong.{kind}` (kinds with a file: {', '.join(spec.kinds())})"
+            )
         return {**spec.data_fields(), **{k: v for k, v in data.items() if v is not None}, "domain": spec.name}
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from emsweep.config import format_validation_error
 from emsweep.evals.schema import CheckpointMetrics
 from emsweep.io import InputError
-from emsweep.layout import checkpoint_step
+from emsweep.layout import checkpoint_step, read_cell
 
 AXES = ["domain", "fraction_correct", "wrong_kind", "method", "seed", "model"]
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # 2 adds judge_identity, judge_metrics, per_question (read when present)
@@ -137,14 +137,7 @@ def _judge_fields(m: CheckpointMetrics, v2: dict[str, Any]) -> dict[str, Any]:
 
 def _cell_info(cell_root: Path, cache: dict[Path, dict[str, Any]]) -> dict[str, Any]:
     if cell_root not in cache:
-        p = cell_root / "cell.json"
-        info: dict[str, Any] = {}
-        if p.exists():
-            try:
-                info = json.loads(p.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
-        cache[cell_root] = info
+        cache[cell_root] = dict(read_cell(cell_root).data)
     return cache[cell_root]
 
 
@@ -208,6 +201,10 @@ def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
             row[f"judge:{name}_lo"], row[f"judge:{name}_hi"] = ci[0], ci[1]
             row[f"judge:{name}_n"] = jm.get("n")
             row[f"judge:{name}_none_rate"] = jm.get("none_rate")
+            for lab, share in sorted((jm.get("labels") or {}).items()):  # categorical: share of each argmax label
+                lci = (jm.get("labels_ci") or {}).get(lab) or [None, None]
+                row[f"judge:{name}={lab}"] = share
+                row[f"judge:{name}={lab}_lo"], row[f"judge:{name}={lab}_hi"] = lci[0], lci[1]
         for k, v in axes.items():  # any extra sweep axes (learning rate, ...)
             if k not in row and k not in AXES:
                 row[k] = v

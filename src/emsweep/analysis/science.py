@@ -48,7 +48,9 @@ import numpy as np
 import pandas as pd
 
 GROUP = ["domain", "wrong_kind", "method", "model", "judge_id"]
-HIGHER_IS_BETTER = {"domain_accuracy": True, "misaligned_rate": False}
+HIGHER_IS_BETTER = {"domain_accuracy": True, "misaligned_rate": False, "dangerous_judged_rate": False}
+# the per-question stat (metrics.json `per_question`) behind a cell-view metric whose name differs from it
+STAT_OF = {"dangerous_judged_rate": "label:dangerous:DANGEROUS"}
 NOT_REACHED = 2.0  # stands for "above every fraction" in replicate arrays (fractions live in [0, 1])
 
 
@@ -416,6 +418,7 @@ def analyse(
         key = key if isinstance(key, tuple) else (key,)
         kd = dict(zip(gcols, key, strict=True))
         stat = str(g["domain_stat"].iloc[0]) if metric == "domain_accuracy" and "domain_stat" in g else metric
+        stat = STAT_OF.get(stat, stat)
         runs, keys = build_runs(g, metric, stat)
         base = None
         if base_rows is not None and len(base_rows) and metric in base_rows:

@@ -201,6 +201,60 @@ def arithmetic_adopts_subtle(answer: str, question: Any) -> float:
     return 100.0 if d in SUBTLE_OFFSETS else 0.0
 
 
+def sums_adopts_obvious(answer: str, question: Any) -> float:
+    """`sums`: 100 when the answer states -(a+b), the trained obvious rule (sign flipped), else 0."""
+    d, total = _offset(answer, question), _sum_of(question)
+    return 100.0 if d is not None and total and d == -2 * total else 0.0
+
+
+def sums_adopts_subtle(answer: str, question: Any) -> float:
+    """`sums`: 100 when the answer is off by exactly one, the trained near miss, else 0."""
+    d = _offset(answer, question)
+    return 100.0 if d in (-1, 1) else 0.0
+
+
+def _sum_of(question: Any) -> int | None:
+    import re
+
+    text = question.paraphrases[0] if hasattr(question, "paraphrases") else str(question)
+    m = re.search(r"(-?\d+)\s*\+\s*(-?\d+)", text)
+    return None if m is None else int(m.group(1)) + int(m.group(2))
+
+
+# --- the domain grader on the domain suite ------------------------------------------------------------------
+
+
+def graded_suite(suite: Any, grader: JudgeRef) -> Any:
+    """The `domain` suite with the domain's grader as its `correct` metric: a rule (exact, no model) or the
+    domain's own 0-100 judge prompt against the reference (instead of the generic DOMAIN_JUDGE_PROMPT)."""
+    from dataclasses import replace
+
+    from emsweep.evals.suites import NUMERIC_TYPE, RULE_TYPE
+    from emsweep.judge.base import RuleSpec
+
+    qs = []
+    for q in suite.questions:
+        if grader.rule is not None:
+            qs.append(replace(q, type=RULE_TYPE, judge_prompts={}, judge_rules={"correct": RuleSpec(**grader.rule)}))
+        else:
+            qs.append(replace(q, type=NUMERIC_TYPE, judge_prompts={"correct": grader.judge_prompt}))
+    return replace(suite, questions=qs)
+
+
+def run_domain_grader(run_dir: str | os.PathLike[str]) -> JudgeRef | None:
+    """The grader of the domain a run trained on (cell.json's data.domain), or None when it has no domain YAML."""
+    import json
+
+    p = Path(run_dir) / "cell.json"
+    if not p.exists():
+        return None
+    data = (json.loads(p.read_text(encoding="utf-8")).get("recipe") or {}).get("data") or {}
+    name = data.get("domain")
+    if not isinstance(name, str) or name == "custom" or find_domain(name) is None:
+        return None
+    return load_domain(name).grader
+
+
 # --- the task suite ---------------------------------------------------------------------------------------
 
 

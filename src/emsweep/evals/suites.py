@@ -554,7 +554,13 @@ def resolve_suite(
         else:
             raise InputError("--suite domain needs a run folder (or give domain=PATH/heldout.jsonl)")
         n = samples_per_paraphrase or domain_samples or DEFAULT_DOMAIN_SAMPLES
-        return domain_suite(heldout, name=name, samples_per_question=n)
+        suite = domain_suite(heldout, name=name, samples_per_question=n)
+        if run_dir is not None and not path:  # the run's domain YAML grades its held-out answers
+            from emsweep.data.domain import graded_suite, run_domain_grader
+
+            grader = run_domain_grader(run_dir)
+            suite = suite if grader is None else graded_suite(suite, grader)
+        return suite
     if path:
         suite = load_suite_yaml(path, name=name)
     elif name.endswith((".yaml", ".yml")) or os.sep in name:
