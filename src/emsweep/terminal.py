@@ -14,21 +14,37 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-# Library warnings that are not the user's to fix, filtered by their exact message (regex anchored at the start).
-# Each names where it comes from, so it can be dropped when the library changes.
+# Library warnings that are not the user's to fix, filtered by their exact message (regex matched at the start).
+# Where emsweep can fix the cause at the call site it does (the demo sets `activation_checkpointing`); these are
+# what is left. Each names where it comes from, so it can go when the library changes.
 KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
-    # transformers' Trainer on a model without gradient checkpointing support flags / old PEFT call paths
-    (r"`use_cache=True` is incompatible with gradient checkpointing", UserWarning),
-    # transformers generate(): legacy cache format used by PEFT's prepare_inputs_for_generation
-    (r"Passing a tuple of `past_key_values` is deprecated", FutureWarning),
-    # bitsandbytes imported on a machine without CUDA (PEFT imports it when present)
-    (r"The installed version of bitsandbytes was compiled without GPU support", UserWarning),
+    # transformers 5 TrainingArguments: TRL's SFTConfig still sets the old name by default
+    (r"`gradient_checkpointing` is deprecated and will be removed in v6", FutureWarning),
+    # transformers 5 generate(): PEFT's generation path still passes the old keyword
+    (r"`past_key_values` is deprecated", FutureWarning),
 )
+# The same for library log records (logger name, message start): bitsandbytes on a CPU-only machine tries to
+# fetch a 4-bit kernel from the hub at import and logs its failure; emsweep never uses 4-bit on CPU.
+KNOWN_LOG_RECORDS: tuple[tuple[str, str], ...] = (
+    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community"),
+)
+
+
+class _DropKnown(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not any(
+            record.name.startswith(name) and msg.startswith(start) for name, start in KNOWN_LOG_RECORDS
+        )
 
 
 def filter_known_warnings() -> None:
     for message, category in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    for name, _ in KNOWN_LOG_RECORDS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropKnown) for f in logger.filters):
+            logger.addFilter(_DropKnown())
 
 
 @lru_cache(maxsize=1)
@@ -78,7 +94,7 @@ def _interval(r: Any, name: str) -> str:
     return f"{_fmt(r.get(name))} [{_fmt(lo)}, {_fmt(hi)}]"
 
 
-def print_summary(index: str | os.PathLike[str], *, seconds: float | None = None) -> None:
+def print_summary(index: str | os.PathLike[str], *, seconds: float | None = None, con: Any = None) -> None:
     """A short table of the report's findings and its path: per group the final checkpoint's thresholds (grid
     threshold and refined crossing, each with its 95 % interval) against the fine-tune and the base model; the
     misalignment onsets when the report has them; the early-stopping summary."""
@@ -86,7 +102,7 @@ def print_summary(index: str | os.PathLike[str], *, seconds: float | None = None
     from rich.table import Table
 
     out = Path(index).parent
-    con = console()
+    con = con or console()
     thr_path = out / "thresholds.csv"
     if thr_path.exists():
         thr = pd.read_csv(thr_path)

@@ -112,3 +112,52 @@ def test_demo_shows_the_planted_domain_effect(tmp_path):
     page = index.read_text()
     assert "persona-base" in page and "/tmp" not in page.split("<h2>")[1]  # model names, not temp paths
     check_report_renders(index, tmp_path)
+
+
+def test_terminal_filters_known_noise_and_summarises(tmp_path, capsys):
+    import io
+    import logging
+    import warnings
+
+    from rich.console import Console
+    from synth import build_synthetic_sweep
+
+    from emsweep import terminal
+    from emsweep.analysis.report import build_report
+
+    terminal.filter_known_warnings()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("default")  # what a user sees, plus emsweep's filters re-applied on top
+        terminal.filter_known_warnings()
+        warnings.warn(
+            "`gradient_checkpointing` is deprecated and will be removed in v6. Use x.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        warnings.warn("`use_cache` is deprecated", FutureWarning, stacklevel=2)
+    assert [str(w.message) for w in caught] == ["`use_cache` is deprecated"]
+
+    records: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    bnb.addHandler(h := _Keep())
+    try:
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "offline")
+        bnb.warning("something else")
+    finally:
+        bnb.removeHandler(h)
+    assert records == ["something else"]
+
+    assert terminal.stage_task("nothing live") is None
+    root = tmp_path / "sweep"
+    build_synthetic_sweep(root, methods=("lora",), n=100)
+    index = build_report(root, n_boot=50)
+    buf = io.StringIO()
+    terminal.print_summary(index, seconds=90, con=Console(file=buf, width=200))
+    text = buf.getvalue()
+    assert "thresholds at the last checkpoint" in text and "domain_accuracy" in text.replace(" ", "_")
+    assert f"report (1.5 min): {index}" in text
