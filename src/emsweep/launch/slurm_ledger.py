@@ -18,7 +18,7 @@ import yaml
 
 from emsweep.io import InputError, atomic_write_json, atomic_write_text
 from emsweep.launch.slurm_queue import TaskState
-from emsweep.launch.sweep import Sweep, load_sweep
+from emsweep.launch.sweep import Sweep, check_spec_hash, load_sweep
 
 LEDGER = "submissions.json"
 SNAPSHOT = "sweep.yaml"
@@ -50,11 +50,7 @@ class Ledger:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as exc:
             raise InputError(f"{p}: unreadable submissions ledger ({exc.msg}); move it aside") from exc
-        if data.get("spec_hash") != sweep.spec_hash:
-            raise InputError(
-                f"{p}: these jobs were submitted for another sweep spec (hash {str(data.get('spec_hash'))[:12]}, "
-                f"now {sweep.spec_hash[:12]} from {sweep.source}); give the sweep a new name or output_root"
-            )
+        check_spec_hash(sweep, data.get("spec_hash"), p, "these jobs were submitted for")
         return cls(sweep, data)
 
     @property

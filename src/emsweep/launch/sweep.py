@@ -185,11 +185,16 @@ def check_sweep_folder(sweep: Sweep) -> None:
         old = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: unreadable sweep record ({exc.msg}); move it aside to start over") from exc
-    if old.get("spec_hash") != sweep.spec_hash:
+    check_spec_hash(sweep, old.get("spec_hash"), p, "this folder was written by")
+
+
+def check_spec_hash(sweep: Sweep, recorded: Any, path: Path, what: str) -> None:
+    """The one spec-hash check (sweep.json, the SLURM ledger): a file recorded for another spec of this sweep is
+    refused, so cells or jobs of two specs never mix silently."""
+    if recorded != sweep.spec_hash:
         raise InputError(
-            f"{p}: this folder was written by another sweep spec (hash {str(old.get('spec_hash'))[:12]}, "
-            f"now {sweep.spec_hash[:12]} from {sweep.source}). Give the sweep a new `name` or `output_root`, "
-            "or remove the folder."
+            f"{path}: {what} another sweep spec (hash {str(recorded)[:12]}, now {sweep.spec_hash[:12]} from "
+            f"{sweep.source}). Give the sweep a new `name` or `output_root`, or remove the folder."
         )
 
 
