@@ -121,7 +121,8 @@ def pretrain_base(
         model = AutoModelForCausalLM.from_pretrained(init)
         model.train()
         # A plain loop, not TRL's SFTTrainer: on a 2-layer model its per-step overhead (autocast wrappers, fused
-        # head, metrics) cost ~5x the step itself. Loss on the assistant's tokens only, as the fine-tunes.
+        # head, metrics) made a step ~2.5x slower (measured side by side on the same loaded 2-core machine).
+        # Loss on the assistant's tokens only, as in the fine-tunes.
         opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
         warm = max(1, spec.max_steps // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -251,9 +252,6 @@ def demo_cmd(
 ) -> None:
     """Run the planted-effect demo on CPU: pretrain a tiny persona model (cached), fine-tune it on single-digit
     sums at fractions correct 0-1 with obviously or subtly wrong answers, evaluate every checkpoint on held-out
-    sums and rule-judged alignment probes, print a summary of findings and write the report. A few minutes.
-
-    Example: emsweep demo --out /tmp/demo-out
-    """
+    sums and rule-judged alignment probes, print a summary of findings and write the report. A few minutes."""
     index = run_demo(out, fast=fast, max_parallel=max_parallel)
     typer.echo(f"report: {index}")
