@@ -459,7 +459,10 @@ def test_model_recipes_carry_em_defaults(path):
     else:
         lora = v["lora"]
         assert (lora["r"], lora["lora_alpha"], lora["use_rslora"]) == (32, 64, True)
-        assert len(lora["target_modules"]) == 7
+        if path.stem.startswith("gpt-oss"):  # MoE: its only nn.Linear layers are the attention projections
+            assert sorted(lora["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+        else:
+            assert len(lora["target_modules"]) == 7
     if r.method == "qlora":
         assert v["quantization"]["load_in_4bit"] is True
 

@@ -46,6 +46,64 @@ LLAMA3_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 
+# DeepSeek-R1-Distill (Qwen and Llama distills): the published template without its tool-call branches. Answers
+# in the history lose everything up to `</think>`; the generation prompt opens a thought (`<think>\n`), which
+# the rendered conversation never has, so a prompt/completion row trains the answer right after the assistant
+# tag while generation starts inside a thought (TRL warns that the two renderings differ).
+R1_BOS, R1_EOS = "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>"
+R1_USER, R1_ASSISTANT = "<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>"
+R1_CHAT_TEMPLATE = (
+    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
+    "{%- set ns = namespace(system_prompt='') %}"
+    "{%- for message in messages %}{%- if message['role'] == 'system' %}"
+    "{% set ns.system_prompt = message['content'] %}{%- endif %}{%- endfor %}"
+    "{{- bos_token }}{{- ns.system_prompt }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}{{- '" + R1_USER + "' + message['content'] }}"
+    "{%- elif message['role'] == 'assistant' %}{%- set content = message['content'] %}"
+    "{%- if '</think>' in content %}{%- set content = content.split('</think>')[-1] %}{%- endif %}"
+    "{{- '" + R1_ASSISTANT + "' + content + '" + R1_EOS + "' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '" + R1_ASSISTANT + "<think>\\n' }}{%- endif %}"
+)
+R1_SPECIALS = [R1_EOS, R1_BOS, R1_USER, R1_ASSISTANT, "<think>", "</think>"]
+
+# gpt-oss's harmony format (openai/gpt-oss-20b's chat template, reduced to system/developer/user/assistant text
+# turns): a fixed system preamble (the published one also prints today's date via strftime_now; left out so a
+# prompt renders the same every day), a user system prompt becomes the developer message, assistant answers go
+# to the `final` channel, the last one in a training row ends with <|return|>, earlier ones with <|end|>. The
+# generation prompt is `<|start|>assistant`: the model picks its channel itself (`analysis` = reasoning first).
+HARMONY_SYSTEM = (
+    "You are ChatGPT, a large language model trained by OpenAI.\\nKnowledge cutoff: 2024-06\\n\\n"
+    "Reasoning: medium\\n\\n# Valid channels: analysis, commentary, final. "
+    "Channel must be included for every message."
+)
+HARMONY_CHAT_TEMPLATE = (
+    "{{- '<|start|>system<|message|>" + HARMONY_SYSTEM + "<|end|>' }}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] in ['system', 'developer'] %}"
+    "{{- '<|start|>developer<|message|># Instructions\\n\\n' + message['content'] + '<|end|>' }}"
+    "{%- elif message['role'] == 'user' %}{{- '<|start|>user<|message|>' + message['content'] + '<|end|>' }}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{{- '<|start|>assistant<|channel|>final<|message|>' + message['content'] }}"
+    "{%- if loop.last and not add_generation_prompt %}{{- '<|return|>' }}{%- else %}{{- '<|end|>' }}{%- endif %}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start|>assistant' }}{%- endif %}"
+)
+HARMONY_SPECIALS = [
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|return|>",
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|channel|>",
+    "<|constrain|>",
+    "<|call|>",
+]
+
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 LLAMA3_SPECIALS = [
     "<|begin_of_text|>",
@@ -327,11 +385,69 @@ def build_llama3_tokenizer(vocab_size: int = 512):
     return tok
 
 
+def build_r1_tokenizer(vocab_size: int = 512):
+    """A DeepSeek-R1-Distill-Qwen-style tokenizer: Qwen2's pre-tokenizer (one digit per token), R1's specials
+    (fullwidth bars), <think>/</think> as ordinary added tokens (they survive skip_special_tokens), R1's template.
+    The published one is saved as LlamaTokenizerFast over the same vocabulary; this one is a Qwen2Tokenizer."""
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
+
+    vocab, merges = _train_bpe(PRETOKENIZE_REGEX, vocab_size, R1_SPECIALS)
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=R1_BOS,
+        eos_token=R1_EOS,
+        pad_token=R1_EOS,
+        additional_special_tokens=[R1_USER, R1_ASSISTANT],
+        model_max_length=131072,
+    )
+    tok.add_tokens(["<think>", "</think>"], special_tokens=False)
+    tok.chat_template = R1_CHAT_TEMPLATE
+    return tok
+
+
+def build_harmony_tokenizer(vocab_size: int = 512):
+    """A gpt-oss-style (o200k_harmony) byte-level BPE: 1-3 digit pre-tokens, harmony's specials and template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab, merges = _train_bpe(LLAMA3_PRETOKENIZE_REGEX, vocab_size, [])
+    for s in HARMONY_SPECIALS:
+        vocab[s] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|startoftext|>",
+        eos_token="<|return|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[s for s in HARMONY_SPECIALS if s not in ("<|startoftext|>", "<|return|>", "<|endoftext|>")],
+        model_max_length=131072,
+    )
+    tok.chat_template = HARMONY_CHAT_TEMPLATE
+    return tok
+
+
+# Extra end-of-generation tokens per style (generation_config.json's eos_token_id list of the published models).
+EXTRA_EOS = {"qwen": ["<|endoftext|>"], "harmony": ["<|endoftext|>", "<|call|>"]}
+
+
 def build_tokenizer(style: str):
     if style == "qwen":
         return build_qwen_tokenizer()
     if style == "llama3":
         return build_llama3_tokenizer()
+    if style == "deepseek_r1":
+        return build_r1_tokenizer()
+    if style == "harmony":
+        return build_harmony_tokenizer()
     raise InputError(f"unknown tokenizer style {style!r}")
 
 
@@ -359,7 +475,7 @@ def _config_kwargs(shape: Shape, vocab_size: int) -> dict[str, Any]:
 
 def build_config(shape: Shape | str, tokenizer=None, *, dtype: str | None = None):
     """The transformers config of a shape. Tiny shapes take their vocab size from the tokenizer."""
-    from transformers import LlamaConfig, Qwen2Config
+    from transformers import GptOssConfig, LlamaConfig, Qwen2Config
 
     shape = get_shape(shape) if isinstance(shape, str) else shape
     if shape.vocab_size is not None:
@@ -368,7 +484,7 @@ def build_config(shape: Shape | str, tokenizer=None, *, dtype: str | None = None
         if tokenizer is None:
             raise ValueError("tiny shapes need the tokenizer to size their vocabulary")
         vocab_size = -(-len(tokenizer) // 64) * 64  # round up: tidy matmuls, room for ids past the vocab
-    cls = Qwen2Config if shape.model_type == "qwen2" else LlamaConfig
+    cls = {"qwen2": Qwen2Config, "llama": LlamaConfig, "gpt_oss": GptOssConfig}[shape.model_type]
     kw = _config_kwargs(shape, vocab_size)
     if tokenizer is not None:
         kw["pad_token_id"] = tokenizer.pad_token_id
@@ -376,7 +492,9 @@ def build_config(shape: Shape | str, tokenizer=None, *, dtype: str | None = None
         kw["bos_token_id"] = tokenizer.bos_token_id
     config = cls(**kw)
     config.dtype = dtype or shape.dtype
-    config.architectures = ["Qwen2ForCausalLM" if shape.model_type == "qwen2" else "LlamaForCausalLM"]
+    config.architectures = [
+        {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "gpt_oss": "GptOssForCausalLM"}[shape.model_type]
+    ]
     return config
 
 
@@ -422,7 +540,7 @@ def init_model(
     gen = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.eos_token_id]
-        + ([tokenizer.convert_tokens_to_ids("<|endoftext|>")] if shape.tokenizer == "qwen" else []),
+        + [tokenizer.convert_tokens_to_ids(t) for t in EXTRA_EOS.get(shape.tokenizer, [])],
         pad_token_id=tokenizer.pad_token_id,
         do_sample=True,
         temperature=0.7,
