@@ -125,7 +125,9 @@ def lm_eval_html(df: pd.DataFrame, out_dir: Path, num: Callable[[Any, Any], str]
             )
         head = "".join(
             f"<th{' class=l' if i == 0 else ''}>{h}</th>"
-            for i, h in enumerate(["cell", "fraction", "first step", "value", "last step", "value", "change", "docs"])
+            for i, h in enumerate(
+                ["cell", "fraction", "first step", "value", "last step", "value", "change", "docs"]
+            )
         )
         parts.append(f"<table><tr>{head}</tr>{''.join(trows)}</table>")
     return "".join(parts)

@@ -115,7 +115,8 @@ def builtin_task_dir() -> Path:
             files = (cfg.get("dataset_kwargs") or {}).get("data_files")
             if isinstance(files, dict):
                 cfg["dataset_kwargs"]["data_files"] = {
-                    k: v if Path(v).is_absolute() else str((BUILTIN_TASKS / v).resolve()) for k, v in files.items()
+                    k: v if Path(v).is_absolute() else str((BUILTIN_TASKS / v).resolve())
+                    for k, v in files.items()
                 }
             atomic_write_text(tmp / src.name, yaml.safe_dump(cfg, sort_keys=False))
         _BUILTIN_DIR = tmp
@@ -183,7 +184,8 @@ def check_tasks(tm: Any, tasks: Sequence[str]) -> None:
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
             offline = any(
-                k in text for k in ("Offline", "offline", "Couldn't reach", "ConnectionError", "LocalEntryNotFound")
+                k in text
+                for k in ("Offline", "offline", "Couldn't reach", "ConnectionError", "LocalEntryNotFound")
             )
             if offline or isinstance(exc, (ConnectionError, OSError)):
                 ds = _dataset_of(tm, t, text)
@@ -335,7 +337,10 @@ class _VLLMModels:
         if self._lm is None:
             extra: dict[str, Any] = {}
             if self.lora_paths:  # the harness enables LoRA when given an adapter; ranks sized to the largest
-                extra = {"lora_local_path": str(self.lora_paths[0]), "max_lora_rank": _lora_rank(self.lora_paths)}
+                extra = {
+                    "lora_local_path": str(self.lora_paths[0]),
+                    "max_lora_rank": _lora_rank(self.lora_paths),
+                }
             try:
                 self._lm = make_vllm_lm(self.base_model, **{**extra, **self.args})
             except Exception as exc:
@@ -468,7 +473,9 @@ def _write_task(
         rows = (results.get("samples") or {}).get(t)
         if rows:
             path = folder / f"samples_{t}.jsonl"
-            text = "".join(json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows)
+            text = "".join(
+                json.dumps(r, default=handle_non_serializable, ensure_ascii=False) + "\n" for r in rows
+            )
             atomic_write_text(path, text)
             samples_files.append(path.name)
     info = {
@@ -524,7 +531,9 @@ def _task_options(spec: Any, task: str) -> dict[str, Any]:
     per = spec.tasks.get(task)
     return {
         "limit": per.limit if per is not None and per.limit is not None else spec.limit,
-        "num_fewshot": per.num_fewshot if per is not None and per.num_fewshot is not None else spec.num_fewshot,
+        "num_fewshot": per.num_fewshot
+        if per is not None and per.num_fewshot is not None
+        else spec.num_fewshot,
         "apply_chat_template": spec.apply_chat_template,
         "fewshot_as_multiturn": spec.fewshot_as_multiturn,
         "gen_kwargs": spec.gen_kwargs,
@@ -545,7 +554,9 @@ def _yaml_digest(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def _fingerprint(task: str, ref: CheckpointRef, backend: str, opts: dict[str, Any], spec: Any, local: str) -> dict:
+def _fingerprint(
+    task: str, ref: CheckpointRef, backend: str, opts: dict[str, Any], spec: Any, local: str
+) -> dict:
     return {
         "method_version": METHOD_VERSION,
         "task": task,
@@ -681,8 +692,14 @@ def evaluate_with_lm_eval(
     others = [s for s in suites if not is_lm_eval_suite(s)]
     cell = options.cell or run.name
     spec = _spec_of(recipe)
-    checkpoints = options.checkpoints if options.checkpoints is not None else (ev.checkpoints if ev else "all")
-    if checkpoints and not isinstance(checkpoints, str) and all(isinstance(c, CheckpointRef) for c in checkpoints):
+    checkpoints = (
+        options.checkpoints if options.checkpoints is not None else (ev.checkpoints if ev else "all")
+    )
+    if (
+        checkpoints
+        and not isinstance(checkpoints, str)
+        and all(isinstance(c, CheckpointRef) for c in checkpoints)
+    ):
         refs = list(checkpoints)
     else:
         found = list_checkpoints(
@@ -696,7 +713,9 @@ def evaluate_with_lm_eval(
             raise InputError(
                 f"{run_dir}: the base model of {r.name} is unknown (no cell.json with base_model); pass --base-model"
             )
-    backend = options.backend_kind or spec.backend or (ev.backend if ev and ev.backend in ("hf", "vllm") else "hf")
+    backend = (
+        options.backend_kind or spec.backend or (ev.backend if ev and ev.backend in ("hf", "vllm") else "hf")
+    )
     batch = options.batch_size or (ev.batch_size if ev else None)
     paths = run_lm_eval(run_dir, lm_suites, refs, spec=spec, backend=backend, batch_size=batch, cell=cell)
     result = rest(run_dir, others, options, recipe=recipe, **kwargs) if others else EvalResult(cell=cell)
