@@ -14,10 +14,13 @@ Step 0 is the base model: it has no weights folder, and its eval folder is `eval
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 DEFAULT_ROOT = Path("checkpoints")
 BASE_CHECKPOINT = "checkpoint-0"
@@ -104,6 +107,126 @@ class CellPaths:
         return self.eval_dir(checkpoint, suite) / "metrics.json"
 
 
+# --- cell.json ------------------------------------------------------------------------------------------------
+CELL_FILE = "cell.json"
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """A cell's `cell.json`: what the cell is (resolved recipe, axes) and what made it (versions, git sha).
+
+    The launcher writes it when it starts a cell; each stage adds its own keys with `extend`, the only writer
+    (merge, then an atomic rename); every reader goes through `read_cell`. An absent file is an empty record.
+    """
+
+    path: Path
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    @property
+    def recipe(self) -> dict[str, Any] | None:
+        """The resolved recipe as recorded (a plain dict), or None (imported API cells, older files)."""
+        rec = self.data.get("recipe")
+        return rec if isinstance(rec, dict) else None
+
+    @property
+    def base_model(self) -> str | None:
+        """What training resolved the base model to (a folder or hub id), or None."""
+        got = self.data.get("base_model")
+        return str(got) if got else None
+
+    def extend(self, update: Mapping[str, Any], *, stamp: bool = False) -> CellRecord:
+        """Merge `update` into the file as it is on disk now and write it atomically. `stamp` records
+        `created` (first write only) and `updated` times."""
+        from emsweep.io import atomic_write_json
+
+        merged = dict(read_cell(self.path.parent, strict=False).data)
+        merged.update(update)
+        if stamp:
+            now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            merged["created"] = merged.get("created") or now
+            merged["updated"] = now
+        atomic_write_json(self.path, merged)
+        return CellRecord(self.path, merged)
+
+
+def read_cell(run_dir: str | os.PathLike[str], *, strict: bool = True) -> CellRecord:
+    """The `cell.json` of a run folder (an empty record when there is none). Malformed JSON is an InputError
+    naming the file and line, or, with `strict=False`, an empty record (writers then replace it)."""
+    p = Path(run_dir) / CELL_FILE
+    if not p.exists():
+        return CellRecord(p, {})
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if not strict:
+            return CellRecord(p, {})
+        from emsweep.io import InputError
+
+        where = f"{p}:{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(p)
+        raise InputError(f"{where}: malformed JSON ({exc}); delete it and rerun the cell") from None
+    if not isinstance(data, dict):
+        if not strict:
+            return CellRecord(p, {})
+        from emsweep.io import InputError
+
+        raise InputError(f"{p}: expected a JSON object, got {type(data).__name__}")
+    return CellRecord(p, data)
+
+
+# --- checkpoint folders -----------------------------------------------------------------------------------------
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+FULL_WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+
+
+def has_full_weights(path: str | os.PathLike[str]) -> bool:
+    """A transformers weights file (single or sharded) is in the folder."""
+    p = Path(path)
+    return any((p / f).is_file() for f in FULL_WEIGHTS) or any(p.glob("model-*.safetensors"))
+
+
+def detect_checkpoint_kind(path: str | os.PathLike[str], *, strict: bool = True) -> Literal["lora", "full"]:
+    """ "lora" for a PEFT adapter folder (it has adapter_config.json), "full" otherwise.
+
+    `strict` also checks the weights are there (adapter weights, or config.json plus model weights) and raises
+    InputError naming the folder when they are not; the lenient form is for listing a run's own saves.
+    """
+    p = Path(path)
+    is_adapter = (p / ADAPTER_CONFIG).is_file()
+    if not strict:
+        return "lora" if is_adapter else "full"
+    from emsweep.io import InputError
+
+    if not p.is_dir():
+        raise InputError(f"checkpoint folder {p} does not exist (or is not a folder)")
+    if is_adapter:
+        if not any((p / f).is_file() for f in ADAPTER_WEIGHTS):
+            raise InputError(
+                f"checkpoint folder {p} has adapter_config.json but no adapter weights "
+                f"({' or '.join(ADAPTER_WEIGHTS)}); was it copied completely?"
+            )
+        return "lora"
+    if (p / "config.json").is_file() and has_full_weights(p):
+        return "full"
+    raise InputError(
+        f"checkpoint folder {p} is neither a PEFT adapter (adapter_config.json + adapter_model.safetensors) "
+        f"nor full model weights (config.json + model*.safetensors); point at a checkpoint-<step> folder that "
+        f"training wrote"
+    )
+
+
 def checkpoint_step(name: str) -> int | None:
     """`checkpoint-125` -> 125; anything else -> None."""
     if not name.startswith("checkpoint-"):
@@ -121,8 +244,6 @@ API_CHECKPOINTS_FILE = "openai_checkpoints.json"
 
 def read_api_checkpoints(run_dir: str | os.PathLike[str], cell: str | None = None) -> list[CheckpointRef]:
     """CheckpointRefs (kind "base" for step 0, "api" after) of an API cell, by step; [] if it is not one."""
-    import json
-
     p = Path(run_dir) / API_CHECKPOINTS_FILE
     if not p.exists():
         return []

@@ -44,7 +44,7 @@ from emsweep.io import (
 )
 from emsweep.judge.base import JudgeItem
 from emsweep.judge.registry import JudgePanel, as_panel, build_judge
-from emsweep.layout import CellPaths, CheckpointRef
+from emsweep.layout import CellPaths, CheckpointRef, read_cell
 from emsweep.lock import locked_stage
 
 log = logging.getLogger(__name__)
@@ -283,17 +283,11 @@ def _default_kind(panel: JudgePanel) -> str:
 
 def _resolve_base_model(run: CellPaths, base_model: str | None, recipe: Any) -> str | None:
     """Explicit > cell.json's `base_model` (what training resolved) > the recipe's model path."""
-    import json
-
     if base_model:
         return base_model
-    if run.cell_json.exists():
-        try:
-            recorded = json.loads(run.cell_json.read_text(encoding="utf-8")).get("base_model")
-        except (json.JSONDecodeError, AttributeError):
-            recorded = None
-        if recorded:
-            return str(recorded)
+    recorded = read_cell(run.root, strict=False).base_model
+    if recorded:
+        return recorded
     if recipe is not None:
         return recipe.model.path
     return None
@@ -301,24 +295,16 @@ def _resolve_base_model(run: CellPaths, base_model: str | None, recipe: Any) -> 
 
 def cell_recipe(run_dir: str | os.PathLike[str]) -> Any:
     """The resolved recipe recorded in `<run_dir>/cell.json` by the sweep runner, or None."""
-    import json
-
     from emsweep.recipe import Recipe
 
-    p = CellPaths.of(run_dir).cell_json
-    if not p.exists():
-        return None
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{p}: malformed JSON ({exc.msg})") from None
-    rec = data.get("recipe") if isinstance(data, dict) else None
-    if not isinstance(rec, dict):
+    cell = read_cell(run_dir)
+    rec = cell.recipe
+    if rec is None:
         return None
     try:
         return Recipe.model_validate(rec)
     except Exception as exc:
-        raise InputError(f"{p}: recipe does not validate: {exc}") from None
+        raise InputError(f"{cell.path}: recipe does not validate: {exc}") from None
 
 
 def _load_suites(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,38 +33,7 @@ from emsweep.generate.base import (
     sample_seed,
 )
 from emsweep.io import InputError
-from emsweep.layout import CheckpointRef
-
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "pytorch_model.bin",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-)
-_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def detect_checkpoint_kind(path: str | os.PathLike[str]) -> str:
-    """ "lora" for a PEFT adapter folder, "full" for a transformers weights folder; anything else -> InputError."""
-    p = Path(path)
-    if not p.is_dir():
-        raise InputError(f"checkpoint folder {p} does not exist (or is not a folder)")
-    if (p / "adapter_config.json").is_file():
-        if not any((p / f).is_file() for f in _ADAPTER_WEIGHTS):
-            raise InputError(
-                f"checkpoint folder {p} has adapter_config.json but no adapter weights "
-                f"({' or '.join(_ADAPTER_WEIGHTS)}); was it copied completely?"
-            )
-        return "lora"
-    if (p / "config.json").is_file() and (
-        any((p / f).is_file() for f in _WEIGHT_FILES) or any(p.glob("model-*.safetensors"))
-    ):
-        return "full"
-    raise InputError(
-        f"checkpoint folder {p} is neither a PEFT adapter (adapter_config.json + adapter_model.safetensors) "
-        f"nor full model weights (config.json + model*.safetensors); point at a checkpoint-<step> folder that "
-        f"training wrote"
-    )
+from emsweep.layout import CheckpointRef, detect_checkpoint_kind
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -42,7 +42,7 @@ from emsweep.generate.base import (
     sample_seed,
 )
 from emsweep.io import InputError
-from emsweep.layout import CheckpointRef
+from emsweep.layout import CheckpointRef, has_full_weights
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ SHAPE_KEYS = (
     "vocab_size",
     "tie_word_embeddings",
 )
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -286,9 +285,7 @@ class VLLMBackend(GenerationBackend):
                 f"checkpoint {ref.key}: {path} holds a LoRA adapter but was declared kind 'full'"
             )
         theirs = model_shape(path)
-        has_weights = any((path / f).is_file() for f in _WEIGHT_FILES) or any(
-            path.glob("model-*.safetensors")
-        )
+        has_weights = has_full_weights(path)
         if theirs is None or not has_weights:
             raise InputError(
                 f"checkpoint {ref.key}: {path} is neither a PEFT adapter nor full weights (config.json + "

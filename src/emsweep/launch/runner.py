@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from emsweep import __version__
-from emsweep.io import InputError, atomic_write_json, is_done, mark_done, read_marker, sha256_file
+from emsweep.io import InputError, is_done, mark_done, read_marker, sha256_file
 from emsweep.launch.sweep import STAGES, Cell, Sweep
+from emsweep.layout import read_cell
+from emsweep.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -37,62 +38,32 @@ def parse_stages(text: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in items)
 
 
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"emsweep": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[pkg] = metadata.version(pkg)
-    return out
-
-
 def write_cell_json(sweep: Sweep, cell: Cell) -> Path:
-    """cell.json: resolved recipe, axes (what the report groups by), versions, git sha, sweep hash."""
-    p = cell.paths.cell_json
-    import json
-
-    old: dict[str, Any] = {}
-    if p.exists():
-        with contextlib.suppress(json.JSONDecodeError):
-            old = json.loads(p.read_text())
-    rec = dict(old)  # merge: the train stage adds its own keys (resolved config, truncation counts)
-    rec.update(
-        {
-            "cell": cell.id,
-            "index": cell.index,
-            "sweep": sweep.name,
-            "sweep_spec_hash": sweep.spec_hash,
-            "sweep_file": sweep.source,
-            "axes": cell.axes_record(),
-            "axis_values": cell.values,
-            "base_model": cell.recipe.model.path,
-            "method": cell.recipe.method,
-            "recipe": cell.recipe.model_dump(mode="json"),
-            "versions": _versions(),
-            "git_sha": _git_sha(),
-            "data_manifest_sha256": sha256_file(cell.paths.manifest)
-            if cell.paths.manifest.exists()
-            else None,
-            "created": old.get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+    """cell.json: resolved recipe, axes (what the report groups by), versions, git sha, sweep hash. Merged
+    into what is there: the train stage adds its own keys (resolved config, truncation counts)."""
+    return (
+        read_cell(cell.paths.root, strict=False)
+        .extend(
+            {
+                "cell": cell.id,
+                "index": cell.index,
+                "sweep": sweep.name,
+                "sweep_spec_hash": sweep.spec_hash,
+                "sweep_file": sweep.source,
+                "axes": cell.axes_record(),
+                "axis_values": cell.values,
+                "base_model": cell.recipe.model.path,
+                "method": cell.recipe.method,
+                "recipe": cell.recipe.model_dump(mode="json"),
+                **provenance(),
+                "data_manifest_sha256": sha256_file(cell.paths.manifest)
+                if cell.paths.manifest.exists()
+                else None,
+            },
+            stamp=True,
+        )
+        .path
     )
-    return atomic_write_json(p, rec)
 
 
 @contextlib.contextmanager

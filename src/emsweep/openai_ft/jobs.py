@@ -28,6 +28,7 @@ from emsweep.layout import (
     CellPaths,
     CheckpointRef,
     read_api_checkpoints,
+    read_cell,
 )
 from emsweep.openai_ft.ledger import TERMINAL, Ledger
 from emsweep.openai_ft.prepare import PreparedFile, prepare_training_file
@@ -671,8 +672,7 @@ def import_model(
         cell_dir, base_model=base, fine_tuned_model=model_id, checkpoints=rows, source={"imported": True}
     )
     if not paths.cell_json.exists():
-        atomic_write_json(
-            paths.cell_json,
+        read_cell(cell_dir, strict=False).extend(
             {
                 "cell": cell,
                 "sweep": Path(root).name,
@@ -680,7 +680,7 @@ def import_model(
                 "axis_values": {},
                 "recipe": None,
                 "imported": True,
-            },
+            }
         )
     Ledger(Path(root)).update_cell(
         cell, cell_dir=str(cell_dir), model=base, fine_tuned_model=model_id, status="imported", imported=True

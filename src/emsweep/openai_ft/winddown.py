@@ -9,13 +9,12 @@ study survives the models only if every checkpoint is evaluated (samples and jud
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from emsweep.io import InputError, is_done
-from emsweep.layout import read_api_checkpoints
+from emsweep.layout import read_api_checkpoints, read_cell
 from emsweep.openai_ft.ledger import LEDGER_NAME, TERMINAL, Ledger
 from emsweep.openai_ft.lifecycle import LifecycleTable, stage_note
 
@@ -73,15 +72,10 @@ class CheckpointRow:
 def _expected_suites(cell_dir: Path, suites: list[str] | None) -> list[str]:
     if suites:
         return list(suites)
-    p = cell_dir / "cell.json"
-    if p.exists():
-        try:
-            rec = json.loads(p.read_text(encoding="utf-8")).get("recipe") or {}
-        except json.JSONDecodeError:
-            rec = {}
-        got = ((rec.get("eval") or {}).get("suites")) if isinstance(rec, dict) else None
-        if got:
-            return [str(s).split("=", 1)[0] for s in got]
+    rec = read_cell(cell_dir, strict=False).recipe or {}
+    got = (rec.get("eval") or {}).get("suites")
+    if got:
+        return [str(s).split("=", 1)[0] for s in got]
     return list(DEFAULT_SUITES)
 
 

@@ -19,7 +19,9 @@ from emsweep.layout import (
     CheckpointKind,
     CheckpointRef,
     checkpoint_step,
+    detect_checkpoint_kind,
     read_api_checkpoints,
+    read_cell,
 )
 
 COMPLETE_MARKER = ".emsweep_complete.json"
@@ -39,22 +41,6 @@ def _is_preemption_save(ckpt_dir: Path) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return bool(info.get("preemption")) and not info.get("scheduled", True)
-
-
-def _kind_of(ckpt_dir: Path) -> CheckpointKind:
-    if (ckpt_dir / "adapter_config.json").exists():
-        return "lora"
-    return "full"
-
-
-def _read_cell(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / "cell.json"
-    if p.exists():
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError:
-            return {}
-    return {}
 
 
 def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
@@ -85,7 +71,7 @@ def list_checkpoints(
     api = read_api_checkpoints(run, cell)
     if api:
         return [r for r in api if include_base or r.step != 0]
-    info = _read_cell(run)
+    info = read_cell(run, strict=False).data
     base = base_model or info.get("base_model") or ""
     method = info.get("method")
     refs: list[CheckpointRef] = []
@@ -103,7 +89,7 @@ def list_checkpoints(
     for step, d in _step_dirs(run):
         if not is_complete(d) or _is_preemption_save(d):
             continue
-        kind: CheckpointKind = _kind_of(d)
+        kind: CheckpointKind = detect_checkpoint_kind(d, strict=False)
         if method == "full":
             kind = "full"
         refs.append(

@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,8 @@ from emsweep.io import (
     read_marker,
     sha256_file,
 )
-from emsweep.layout import CellPaths
+from emsweep.layout import CellPaths, read_cell
+from emsweep.provenance import provenance
 from emsweep.recipe import Recipe
 from emsweep.train.checkpoints import (
     COMPLETE_MARKER,
@@ -369,53 +369,6 @@ def _prune_resume_state(run_dir: Path, keep: Path) -> None:
 
 def _now() -> str:
     return _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-
-
-# --- provenance -------------------------------------------------------------------------------------------
-
-
-def package_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for name in ("emsweep", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def git_sha(start: Path | None = None) -> str | None:
-    """The emsweep source tree's commit (None outside a git checkout); `-dirty` when it has local edits."""
-    here = start or Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}-dirty" if dirty else sha
-
-
-def _write_cell_json(paths: CellPaths, update: dict[str, Any]) -> None:
-    """Merge into cell.json (the cell runner may have written axis values there) and write atomically."""
-    current: dict[str, Any] = {}
-    if paths.cell_json.exists():
-        try:
-            current = json.loads(paths.cell_json.read_text())
-        except json.JSONDecodeError:
-            current = {}
-    current.update(update)
-    atomic_write_json(paths.cell_json, current)
 
 
 # --- logging and signals ----------------------------------------------------------------------------------
@@ -756,8 +709,7 @@ def _run(
             "lora": resolved["lora"],
             "quantization": resolved["quantization"],
         },
-        "versions": package_versions(),
-        "git_sha": git_sha(),
+        **provenance(),
         "data": {
             "manifest": str(paths.manifest),
             "manifest_sha256": manifest_sha,
@@ -767,7 +719,7 @@ def _run(
         "truncation": survival,
     }
     if state.is_main_process:
-        _write_cell_json(paths, cell_update)
+        read_cell(paths.root, strict=False).extend(cell_update)  # merged into the launcher's record
 
     if resume_from is not None:
         log.info("resuming from %s (last complete checkpoint)", resume_from.name)
