@@ -128,13 +128,15 @@ def study_section(root: Path, df: pd.DataFrame, cv: pd.DataFrame, out_dir: Path,
                 _pct(c.get("stop_convergence_misaligned"), c.get("stop_convergence_misaligned_lo"),
                      c.get("stop_convergence_misaligned_hi")),
                 _pct(c.get("end_misaligned"), c.get("end_misaligned_lo"), c.get("end_misaligned_hi")),
+                _pct(c.get("stop_convergence_em_removed"), c.get("stop_convergence_em_removed_lo"),
+                     c.get("stop_convergence_em_removed_hi")),
                 c.get("notes") or "",
             )) + "</tr>"
         )  # fmt: skip
     parts.append(
         "<table><tr><th>cell</th><th>task signal</th><th>convergence step</th><th>EM onset step</th><th>gap</th>"
         "<th>stop (convergence)</th><th>task kept</th><th>misaligned at stop</th><th>misaligned at end</th>"
-        "<th>notes</th></tr>" + "".join(rows) + "</table>"
+        "<th>EM removed</th><th>notes</th></tr>" + "".join(rows) + "</table>"
     )
     cols = [c for c in FAMILY if c in cells.columns]
     for key, fam in cells.groupby(cols, dropna=False, sort=True):
@@ -155,13 +157,89 @@ def study_section(root: Path, df: pd.DataFrame, cv: pd.DataFrame, out_dir: Path,
             p = size_plot(sus, corr, out_dir / "study_size_correlation.png")
             parts.append(f'<h3>EM susceptibility and model size</h3><img src="{p.name}" alt="size correlation">')
     if "learning_rate" in cells and cells["learning_rate"].nunique() > 1:
-        parts.append(_lr_html(cells))
+        parts.append(_lr_html(cells, out_dir))
     return "\n".join(parts)
 
 
-def _lr_html(cells: pd.DataFrame) -> str:
-    g = cells.groupby(["model", "learning_rate"], dropna=False)["final_excess"].mean().reset_index()
-    rows = "".join(f"<tr><td>{html.escape(Path(str(r.model)).name)}</td><td>{r.learning_rate:g}</td>"
-                   f"<td>{_pct(r.final_excess)}</td></tr>" for r in g.itertuples())  # fmt: skip
-    return ("<h3>Learning rate</h3><table><tr><th>model</th><th>learning rate</th><th>final − base misaligned "
-            "(mean over seeds)</th></tr>" + rows + "</table>")  # fmt: skip
+# The learning-rate figure's panels: (cells column, its interval columns, y label). Onsets that never happen
+# within the run are drawn at the run's last step with an open marker.
+LR_PANELS = (
+    ("onset_step", ("onset_lo", "onset_hi"), "EM onset step"),
+    ("final_excess", ("final_excess_lo", "final_excess_hi"), "final − base misaligned rate"),
+    ("stop_convergence_task_kept", ("stop_convergence_task_kept_lo", "stop_convergence_task_kept_hi"),
+     "task kept at the convergence stop"),
+)  # fmt: skip
+
+
+def lr_summary(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per model x learning rate (over the other family keys and seeds): the mean over cells of each LR panel's
+    value; onsets that do not happen count as the run's last step, undetermined ones are left out."""
+    d = cells.copy()
+    onset = d["onset_step"].astype(float) if "onset_step" in d else pd.Series(np.nan, index=d.index)
+    d["onset_step"] = np.where(np.isinf(onset), d.get("final_step", np.nan), onset)
+    cols = [c for c, _, _ in LR_PANELS if c in d]
+    g = d.groupby(["model", "learning_rate"], dropna=True)
+    out = g[cols].mean().reset_index()
+    out["n_cells"] = g.size().to_numpy()
+    out["n_no_onset"] = g["onset_status"].apply(lambda s: int((s == "none").sum())).to_numpy()
+    return out
+
+
+def lr_plot(cells: pd.DataFrame, path: Path) -> Path:
+    """EM onset, final excess misaligned rate and task kept at the convergence stop against the learning rate,
+    one line per model (mean over cells), each cell's value with its interval behind it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = lr_summary(cells)
+    fig, axes = plt.subplots(1, len(LR_PANELS), figsize=(4.2 * len(LR_PANELS), 3.6))
+    for i, (model, g) in enumerate(summary.groupby("model", sort=True)):
+        color, name = f"C{i % 10}", Path(str(model)).name
+        cm = cells[cells["model"] == model]
+        for ax, (col, (lo_c, hi_c), ylabel) in zip(axes, LR_PANELS, strict=True):
+            if col not in g:
+                continue
+            g = g.sort_values("learning_rate")
+            ax.plot(g["learning_rate"], g[col], "-o", color=color, label=f"{name} (mean)")
+            for _, c in cm.iterrows():
+                y = float(c.get(col, np.nan))
+                if col == "onset_step" and np.isinf(y):
+                    ax.plot([c["learning_rate"]], [c.get("final_step")], "^", mfc="none", color=color, alpha=0.6,
+                            label="_no onset by the last step")  # fmt: skip
+                    continue
+                lo, hi = float(c.get(lo_c, np.nan)), float(c.get(hi_c, np.nan))
+                if np.isfinite(y) and np.isfinite(lo) and np.isfinite(hi):
+                    ax.errorbar([c["learning_rate"]], [y], yerr=[[y - lo], [max(hi - y, 0)]], fmt=".", color=color,
+                                alpha=0.4, capsize=2, label="_cell")  # fmt: skip
+            ax.set_ylabel(ylabel, fontsize=8)
+    for ax, (col, _, _) in zip(axes, LR_PANELS, strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        if col == "onset_step":
+            ax.set_yscale("symlog", linthresh=1)
+        ax.legend(fontsize=7)
+    fig.suptitle("Learning rate (open ▲: no EM onset by the last step)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _lr_html(cells: pd.DataFrame, out_dir: Path) -> str:
+    g = lr_summary(cells)
+    p = lr_plot(cells, out_dir / "study_learning_rate.png")
+    rows = "".join(
+        f"<tr><td>{html.escape(Path(str(r['model'])).name)}</td><td>{r['learning_rate']:g}</td><td>{r['n_cells']}</td>"
+        f"<td>{fmt_step(r.get('onset_step', np.nan))} ({r['n_no_onset']} without onset)</td>"
+        f"<td>{_pct(r.get('final_excess'))}</td><td>{_pct(r.get('stop_convergence_task_kept'))}</td></tr>"
+        for _, r in g.iterrows()
+    )
+    return (
+        '<h3>Learning rate</h3><img src="' + p.name + '" alt="learning rate">'
+        "<table><tr><th>model</th><th>learning rate</th><th>cells</th><th>EM onset step (mean; no onset = last "
+        "step)</th><th>final − base misaligned (mean)</th><th>task kept at convergence stop (mean)</th></tr>"
+        + rows + "</table>"
+    )
