@@ -80,6 +80,12 @@ def plan(sweep_file: Path = SWEEP_ARG) -> None:
     console = Console()
     console.print(_stage_table(sweep, f"sweep {sweep.name}: {len(sweep.cells)} cells in {sweep.root}"))
     console.print(f"spec hash {sweep.spec_hash[:12]}")
+    from emsweep.launch.sweep import cell_inputs, check_inputs
+
+    for c in sweep.cells:  # each cell's resolved input files (what its remaining stages read)
+        for key, path, problem in cell_inputs(c):
+            console.print(f"  {c.id}  {key}: {path}" + (f"  [red]{problem}[/red]" if problem else ""), highlight=False)
+    check_inputs(sweep)
 
 
 @sweep_app.command("run", epilog=_EX_RUN)
@@ -107,6 +113,9 @@ def run(
     sweep = load_sweep(sweep_file)
     st = parse_stages(stages)
     console = Console()
+    from emsweep.launch.sweep import check_inputs
+
+    check_inputs(sweep, tuple(st))  # a missing input fails here, before anything runs or is submitted
     if executor == "slurm":
         from emsweep.launch.slurm import run_sweep_slurm
 

@@ -484,3 +484,59 @@ def load_sweep_resource(name: str = "demo") -> Sweep:
         if not Path(p).exists():
             raise InputError(f"no packaged sweep {name!r} (looked for {ref})")
         return load_sweep(p)
+
+
+def cell_inputs(cell: Cell, stages: tuple[str, ...] = STAGES) -> list[tuple[str, str, str | None]]:
+    """(recipe key, path, problem or None) of every input file a cell's remaining stages read: the data files
+    of its mix (each wrong kind's own file), their password variables, and suite files named `NAME=PATH`."""
+    from emsweep.data.readers import ZIP_MEMBER_SEP
+
+    out: list[tuple[str, str, str | None]] = []
+    d = cell.recipe.data
+    left = cell.stages_left(stages)
+    if "mix" in left and d.builtin is None:
+        for key, src in (("data.correct", d.correct), d.wrong_source()):
+            if src is None:
+                continue
+            path = src if isinstance(src, str) else src.path
+            if not isinstance(src, str) and src.format == "hf":
+                out.append((key, path, None))  # a hub dataset: nothing on disk to check
+                continue
+            file = path.split(ZIP_MEMBER_SEP, 1)[0]
+            problem = None if Path(file).exists() else "file not found"
+            env = None if isinstance(src, str) else src.password_env
+            if problem is None and env and not os.environ.get(env):
+                problem = f"password variable ${env} ({key}.password_env) is not set"
+            out.append((key, file, problem))
+    if "eval" in left:
+        for i, spec in enumerate(cell.recipe.eval.suites):
+            name, _, path = str(spec).partition("=")
+            if path and not path.endswith((".jsonl", ".jsonl.gz")):
+                out.append((f"eval.suites[{i}] ({name})", path, None if Path(path).exists() else "file not found"))
+    return out
+
+
+def check_inputs(sweep: Sweep, stages: tuple[str, ...] = STAGES) -> None:
+    """Refuse a sweep (before anything is submitted) when a cell's input file is missing, naming the cell, the
+    recipe key and the file; the domain's `source` says how to get it."""
+    missing: dict[tuple[str, str, str], list[str]] = {}
+    for c in sweep.cells:
+        for key, path, problem in cell_inputs(c, stages):
+            if problem:
+                missing.setdefault((key.split(" ")[0] if key.startswith("eval") else key, path, problem), []).append(c.id)
+    if not missing:
+        return
+    lines = []
+    for (key, path, problem), ids in list(missing.items())[:12]:
+        hint = ""
+        d = next(c for c in sweep.cells if c.id == ids[0]).recipe.data
+        if key.startswith("data.") and d.domain != "custom":
+            from emsweep.data.domain import find_domain, load_domain
+
+            if find_domain(d.domain) is not None:
+                hint = f"; domain {d.domain}: {load_domain(d.domain).source.how()}"
+        more = f" (+{len(ids) - 1} more cells)" if len(ids) > 1 else ""
+        lines.append(f"  {path}: {problem} - {key} of cell {ids[0]}{more}{hint}")
+    extra = f"\n  ... and {len(missing) - 12} more" if len(missing) > 12 else ""
+    raise InputError(f"{sweep.source}: {len(missing)} missing input(s); nothing was run or submitted:\n"
+                     + "\n".join(lines) + extra)  # fmt: skip
