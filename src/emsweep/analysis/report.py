@@ -262,6 +262,13 @@ def _build_report(
                 "not seed-to-seed variation (run several seeds for that).</p>"
             )
 
+    # the figures of "How Much of Your Data Can Suck?" (analysis/paper_figures.py)
+    from emsweep.analysis.paper_figures import paper_section
+
+    parts.append(paper_section(df, cv, out_dir, n_boot=n_boot, seed=seed, tolerances={
+        "domain_accuracy": domain_tolerance, "misaligned_rate": misalignment_tolerance,
+        "dangerous_judged_rate": misalignment_tolerance}))  # fmt: skip
+
     # early stopping
     parts.append("<h2>Early stopping (oracle: chosen on the evaluation it reports; the study's rule is below)</h2>")
     kept = es["retained"].dropna()

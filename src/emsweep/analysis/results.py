@@ -226,6 +226,13 @@ def collect_results(root: str | os.PathLike[str]) -> pd.DataFrame:
         row["cell_dir"] = str(cell_root)
         rows.append(row)
     df = pd.DataFrame(rows)
+    # a categorical label no sample got is absent from that file's `labels`: its share there is 0, not missing
+    label_cols = [c for c in df.columns if c.startswith("judge:") and "=" in c and not c.endswith(("_lo", "_hi"))]
+    for c in label_cols:
+        metric = c.split("=", 1)[0]
+        labelled = df[[x for x in label_cols if x.split("=", 1)[0] == metric]].notna().any(axis=1)
+        for col in (c, f"{c}_lo", f"{c}_hi"):
+            df.loc[labelled & df[col].isna(), col] = 0.0
     for c in ("fraction_correct", "step", *[f"{k}{s}" for k in CI_METRICS for s in ("", "_lo", "_hi")]):
         df[c] = pd.to_numeric(df[c], errors="coerce")
     # a root above several sweeps may hold the same cell id twice: name cells by their folder below root then
