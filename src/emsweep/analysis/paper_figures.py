@@ -36,6 +36,7 @@ MEASURES: dict[str, str] = {
 MARKED_REFERENCE = {"domain_accuracy": "finetune", "misaligned_rate": "base", "dangerous_judged_rate": "base"}
 DANGEROUS_COLUMN = "judge:dangerous=DANGEROUS"  # share of samples whose most probable label is DANGEROUS
 KIND_ORDER = ("obvious", "subtle")
+BASE_COLOR = "#d62728"  # the base-model line: a colour of its own (kind lines take tab10's first colours)
 
 
 def _wmean(v: pd.Series, w: pd.Series) -> float:
@@ -165,9 +166,9 @@ def _draw_panel(ax: Any, panel: dict[str, Any], kinds: list[str]) -> None:
                 ax.axvspan(min(th["lo"], 1.0), min(th["hi"], 1.0), color=st["color"], alpha=0.08)
     b = panel.get("base")
     if b and b["value"] is not None:
-        ax.axhline(b["value"], color="black", linestyle="--", linewidth=1.2, label="base model")
+        ax.axhline(b["value"], color=BASE_COLOR, linestyle="--", linewidth=1.6, label="base model (step 0)")
         if b["lo"] is not None and b["hi"] is not None:
-            ax.axhspan(b["lo"], b["hi"], color="black", alpha=0.07)
+            ax.axhspan(b["lo"], b["hi"], color=BASE_COLOR, alpha=0.08)
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
@@ -290,7 +291,7 @@ def paper_section(
     parts = [
         '<h2 id="paper">The paper\'s figures (arXiv 2509.19325)</h2>',
         "<p>Each measure against the fraction of correct training data at each cell's last checkpoint: obviously "
-        "and subtly wrong data as two lines (band: 95 % interval), the base model (step 0) as the dashed black "
+        "and subtly wrong data as two lines (band: 95 % interval), the base model (step 0) as the dashed red "
         "line (band: its interval), each kind's threshold as a dotted vertical line with its interval shaded. "
         "Domain performance's threshold is read against the 100 %-correct fine-tune; the misaligned rate's and "
         "the judged dangerous rate's against the base model. Definitions: docs/evaluation.md, "
