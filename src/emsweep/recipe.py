@@ -9,16 +9,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from emsweep.config import StrictModel, load_config
 
 # lora/qlora/full train here with TRL; openai trains through the OpenAI fine-tuning API (`emsweep openai finetune`)
 Method = Literal["lora", "qlora", "full", "openai"]
 WrongKind = Literal["obvious", "subtle"]
-SourceFormat = Literal["auto", "chat_jsonl", "persona", "hf"]
+
+
+def _source_format(name: str) -> str:
+    from emsweep.data.registry import check_source_format
+
+    return check_source_format(name)
+
+
+def _backend_name(name: str) -> str:
+    from emsweep.generate.factory import BACKENDS
+
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; registered backends: {', '.join(BACKENDS)}")
+    return name
+
+
+# names come from the registries (data/registry.py, generate/factory.py), so a new reader/backend needs no edit here
+SourceFormat = Annotated[str, AfterValidator(_source_format)]
+BackendName = Annotated[str, AfterValidator(_backend_name)]
 
 
 class SourceSpec(StrictModel):
@@ -140,7 +158,7 @@ class JudgeSpec(StrictModel):
     `max_pruned_mass`: probability the digit trie may leave unexplored (exact backends only)."""
 
     model: str = "gpt-4o-2024-08-06"
-    backend: Literal["hf", "vllm", "openai", "openai-compatible"] = "openai"
+    backend: BackendName = "openai"
     base_url: str | None = None
     engine: dict[str, Any] = Field(default_factory=dict)  # vLLM LLM(...) kwargs for the judge engine
     kind: str = "logprob"
@@ -190,7 +208,7 @@ class LmEvalSpec(StrictModel):
 class EvalSpec(StrictModel):
     suites: list[str] = Field(default_factory=lambda: ["first_plot", "domain"])
     checkpoints: str = "all"  # all | last | comma-separated steps
-    backend: Literal["hf", "vllm", "openai", "openai-compatible"] = "hf"
+    backend: BackendName = "hf"
     base_url: str | None = None
     samples_per_paraphrase: int | None = None  # override the suite's value
     sampling: dict[str, Any] = Field(default_factory=dict)  # temperature, top_p, max_tokens, seed ...

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from emsweep.data.conversation import ROLES, Conversation, Message
+from emsweep.data.registry import AUTO, FORMAT_ALIASES, source_reader
 from emsweep.io import InputError, read_jsonl, sha256_file, sha256_text
 from emsweep.recipe import SourceSpec
 
@@ -225,6 +226,11 @@ def _zip_member(zf: zipfile.ZipFile, zpath: Path, member: str | None) -> zipfile
     )
 
 
+def read_jsonl_source(spec: SourceSpec, password: str | None = None) -> list[Conversation]:
+    """The `jsonl` reader (chat or persona format; a password has no use here)."""
+    return read_jsonl_conversations(spec.path)
+
+
 def read_zip_conversations(spec: SourceSpec, password: str | None = None) -> list[Conversation]:
     """One JSONL member of a (possibly ZipCrypto password-locked) zip, as OpenAI ships its persona datasets."""
     zpath = Path(spec.path)
@@ -323,7 +329,7 @@ def _dir_digest(p: Path) -> str:
     return sha256_text("\n".join(parts))
 
 
-def read_hf_conversations(spec: SourceSpec) -> list[Conversation]:
+def read_hf_conversations(spec: SourceSpec, password: str | None = None) -> list[Conversation]:
     """A Hugging Face dataset with a `messages` column or `prompt`/`completion` columns."""
     target = spec.path[len(HF_PREFIX) :] if spec.path.startswith(HF_PREFIX) else spec.path
     ds = _hf_load(spec, target)
@@ -365,15 +371,18 @@ def as_source_spec(spec: SourceSpec | str | os.PathLike[str]) -> SourceSpec:
 
 
 def detect_format(spec: SourceSpec) -> str:
-    """'jsonl' | 'zip' | 'hf' for a spec (format `auto` decides from the path)."""
+    """The registered reader for a spec: 'jsonl' | 'zip' | 'hf' (format `auto` decides from the path), or the
+    format the spec names."""
     path = spec.path
     if spec.format == "hf" or path.startswith(HF_PREFIX):
         return "hf"
+    if spec.format != AUTO and spec.format not in FORMAT_ALIASES:  # a reader named outright (data/registry.py)
+        return spec.format
     p = Path(path)
     if p.suffix == ".zip":
         return "zip"
-    if spec.format in ("chat_jsonl", "persona"):
-        return "jsonl"
+    if spec.format in FORMAT_ALIASES:
+        return FORMAT_ALIASES[spec.format]
     if p.is_dir():
         return "hf"
     if p.name.endswith(_JSONL_SUFFIXES) or p.suffix == ".gz":
@@ -395,12 +404,7 @@ def read_source(spec: SourceSpec | str | os.PathLike[str], password: str | None 
     """
     s = as_source_spec(spec)
     kind = detect_format(s)
-    if kind == "zip":
-        rows = read_zip_conversations(s, password)
-    elif kind == "hf":
-        rows = read_hf_conversations(s)
-    else:
-        rows = read_jsonl_conversations(s.path)
+    rows = source_reader(kind)(s, password)
     log.debug("read %d conversations from %s (%s)", len(rows), s.path, kind)
     return rows
 

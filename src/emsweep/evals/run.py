@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from emsweep.evals.metrics import MetricParams, compute_metrics
+from emsweep.evals.registry import suite_runner
 from emsweep.evals.suites import Question, Suite, load_suite_yaml, resolve_suite, suite_to_yaml
 from emsweep.generate.base import GenerationBackend, GenerationRequest, SamplingSpec
 from emsweep.io import (
@@ -43,7 +44,7 @@ from emsweep.io import (
     read_marker,
 )
 from emsweep.judge.base import JudgeItem
-from emsweep.judge.registry import JudgePanel, as_panel, build_judge
+from emsweep.judge.registry import JudgePanel, as_panel, build_judge, judge_kind_class
 from emsweep.layout import CellPaths, CheckpointRef, read_cell
 from emsweep.lock import locked_stage
 
@@ -273,6 +274,14 @@ def _unit_items(u: _Unit, default_kind: str) -> list[tuple[str, JudgeItem, str]]
     return items
 
 
+def _needs_model(q: Question) -> bool:
+    """Whether a question is judged by a model (rules and model-free registered kinds are not)."""
+    if q.type == "rule":
+        return False
+    kinds = {q.metric_kind(m) for m in q.metrics} or {"logprob"}
+    return any(getattr(judge_kind_class(k), "needs_model", True) for k in kinds)
+
+
 def _default_kind(panel: JudgePanel) -> str:
     k = panel.identity.kind
     return k if k not in ("rule", "categorical") else "logprob"
@@ -416,12 +425,11 @@ def evaluate_run(
     from emsweep.train.checkpoints import list_checkpoints
 
     o = EvalOptions.of(options, kwargs)
-    if any(isinstance(s, str) and s.startswith("lm_eval:") for s in suites):
-        # `lm_eval:<task>,...` suites go to lm-evaluation-harness (evals/lm_eval.py); it calls back (unlocked)
-        # for the other suites
-        from emsweep.evals.lm_eval import evaluate_with_lm_eval
-
-        return evaluate_with_lm_eval(
+    runner = suite_runner(suites)
+    if runner is not None:
+        # a runner format (evals/registry.py; `lm_eval:<task>,...` goes to lm-evaluation-harness) takes the run
+        # and calls back (unlocked) for the other suites
+        return runner(
             run_dir, suites, o, rest=evaluate_run.__wrapped__, recipe=recipe, backend=backend, judge=judge
         )
     run_dir = Path(run_dir)
@@ -470,7 +478,7 @@ def evaluate_run(
         spec = _judge_spec(
             ev.judge if ev else None, o.judge_model, o.judge_backend, o.judge_base_url, o.judge_options
         )
-    if judge is None and spec is None and any(q.type != "rule" for s in suite_objs for q in s.questions):
+    if judge is None and spec is None and any(_needs_model(q) for s in suite_objs for q in s.questions):
         raise InputError(
             "the suites have questions judged by a model, but no judge model was given: pass --judge MODEL "
             "(or set eval.judge.model in the recipe)"

@@ -529,38 +529,75 @@ def resolve_suite(
     - `domain` (or `domain=PATH/heldout.jsonl`): the run's held-out split, `RUN_DIR/data/heldout.jsonl`;
     - `NAME=PATH`: the YAML at PATH, stored under suite name NAME (e.g. `first_plot=.../first_plot_questions.yaml`);
     - a path to a YAML file: its stem is the suite name;
-    - a builtin name (`emsweep eval --list-suites`) or a name found in `$EMSWEEP_SUITE_PATH`.
+    - a builtin name (`emsweep eval --list-suites`) or a name found in `$EMSWEEP_SUITE_PATH`;
+    - `FORMAT:ARG` / `NAME=FORMAT:ARG`: any format registered in evals/registry.py.
     `samples_per_paraphrase` overrides every question's count (for domain suites: samples per question).
     """
+    from emsweep.evals.registry import SUITE_RUNNERS, SuiteRequest, split_format, suite_loader
+
     name, _, path = spec.partition("=")
     name, path = name.strip(), path.strip()
-    if not name:
-        raise InputError(f"--suite {spec!r}: empty suite name")
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name) and not path and not Path(name).suffix:
-        raise InputError(f"--suite {spec!r}: a suite name may hold letters, digits, '_', '-' and '.'")
-    if name == "task" and not path:  # the checkpoint study: task adoption on data/task_heldout.jsonl
-        if run_dir is None:
-            raise InputError("--suite task needs a run folder (it reads data/task_heldout.jsonl and cell.json)")
-        from emsweep.data.domain import run_task_suite
-
-        return run_task_suite(run_dir, samples_per_question=samples_per_paraphrase or 1)
-    if name == DOMAIN_SUITE or (path and path.endswith((".jsonl", ".jsonl.gz"))):
-        if path:
-            heldout = Path(path)
-        elif run_dir is not None:
-            from emsweep.layout import CellPaths
-
-            heldout = CellPaths.of(run_dir).heldout_jsonl
+    fmt = split_format(path or name)
+    if fmt is not None:  # FORMAT:ARG or NAME=FORMAT:ARG
+        if fmt[0] in SUITE_RUNNERS:
+            raise InputError(f"--suite {spec!r}: {fmt[0]} suites are run by `emsweep eval` on a run, not loaded")
+        kind, arg = fmt
+        name = name if path else (Path(arg).stem or kind)
+    else:
+        if not name:
+            raise InputError(f"--suite {spec!r}: empty suite name")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name) and not path and not Path(name).suffix:
+            raise InputError(f"--suite {spec!r}: a suite name may hold letters, digits, '_', '-' and '.'")
+        if name == "task" and not path:
+            kind = "task"
+        elif name == DOMAIN_SUITE or (path and path.endswith((".jsonl", ".jsonl.gz"))):
+            kind = "domain"
         else:
-            raise InputError("--suite domain needs a run folder (or give domain=PATH/heldout.jsonl)")
-        n = samples_per_paraphrase or domain_samples or DEFAULT_DOMAIN_SAMPLES
-        suite = domain_suite(heldout, name=name, samples_per_question=n)
-        if run_dir is not None and not path:  # the run's domain YAML grades its held-out answers
-            from emsweep.data.domain import graded_suite, run_domain_grader
+            kind = "yaml"
+        arg = path
+    request = SuiteRequest(
+        spec=spec,
+        name=name,
+        arg=arg,
+        run_dir=Path(run_dir) if run_dir is not None else None,
+        samples_per_paraphrase=samples_per_paraphrase,
+        domain_samples=domain_samples,
+    )
+    return suite_loader(kind)(request)
 
-            grader = run_domain_grader(run_dir)
-            suite = suite if grader is None else graded_suite(suite, grader)
-        return suite
+
+def load_task_request(req: Any) -> Suite:
+    """`task`: the checkpoint study's task adoption on the run's data/task_heldout.jsonl."""
+    if req.run_dir is None:
+        raise InputError("--suite task needs a run folder (it reads data/task_heldout.jsonl and cell.json)")
+    from emsweep.data.domain import run_task_suite
+
+    return run_task_suite(req.run_dir, samples_per_question=req.samples_per_paraphrase or 1)
+
+
+def load_domain_request(req: Any) -> Suite:
+    """`domain` (the run's held-out split, graded by its domain YAML) or `NAME=PATH.jsonl`."""
+    if req.arg:
+        heldout = Path(req.arg)
+    elif req.run_dir is not None:
+        from emsweep.layout import CellPaths
+
+        heldout = CellPaths.of(req.run_dir).heldout_jsonl
+    else:
+        raise InputError("--suite domain needs a run folder (or give domain=PATH/heldout.jsonl)")
+    n = req.samples_per_paraphrase or req.domain_samples or DEFAULT_DOMAIN_SAMPLES
+    suite = domain_suite(heldout, name=req.name, samples_per_question=n)
+    if req.run_dir is not None and not req.arg:  # the run's domain YAML grades its held-out answers
+        from emsweep.data.domain import graded_suite, run_domain_grader
+
+        grader = run_domain_grader(req.run_dir)
+        suite = suite if grader is None else graded_suite(suite, grader)
+    return suite
+
+
+def load_yaml_request(req: Any) -> Suite:
+    """Betley's YAML: `NAME=PATH`, a path, a builtin name or a name found in $EMSWEEP_SUITE_PATH."""
+    name, path = req.name, req.arg
     if path:
         suite = load_suite_yaml(path, name=name)
     elif name.endswith((".yaml", ".yml")) or os.sep in name:
@@ -580,7 +617,7 @@ def resolve_suite(
                 f"not `domain`, and not found in ${SUITE_PATH_ENV}{hint}"
             )
         suite = load_suite_yaml(found, name=name)
-    return suite.with_samples(samples_per_paraphrase)
+    return suite.with_samples(req.samples_per_paraphrase)
 
 
 def suite_to_yaml(suite: Suite) -> str:
