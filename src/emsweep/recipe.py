@@ -214,6 +214,8 @@ class EvalSpec(StrictModel):
     sampling: dict[str, Any] = Field(default_factory=dict)  # temperature, top_p, max_tokens, seed ...
     batch_size: int = 16
     engine: dict[str, Any] = Field(default_factory=dict)  # vLLM LLM(...) kwargs: tensor_parallel_size, ...
+    # where the answer sits in a generated text (generate/answers.py); auto: read off the model's chat template
+    answer_format: Literal["auto", "plain", "think", "harmony"] = "auto"
     judge: JudgeSpec = Field(default_factory=JudgeSpec)
     thresholds: dict[str, float] = Field(default_factory=dict)  # metric thresholds (aligned/coherent ...)
     lm_eval: LmEvalSpec = Field(default_factory=LmEvalSpec)  # options of `lm_eval:<task>` suites

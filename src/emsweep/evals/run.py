@@ -368,6 +368,7 @@ class EvalOptions:
     cell: str | None = None
     chunk_size: int = DEFAULT_CHUNK
     progress: bool = True
+    answer_format: str | None = None  # auto | plain | think | harmony (generate/answers.py)
 
     @classmethod
     def of(cls, options: EvalOptions | None, kwargs: dict[str, Any]) -> EvalOptions:
@@ -527,7 +528,8 @@ def evaluate_run(
                 backend = make_backend(
                     backend_kind, model, base_url=base_url, batch_size=batch_size, engine=engine, **extra
                 )
-            result.generated = _generate(backend, todo, sampling, o.chunk_size, o.progress)
+            fmt = o.answer_format or (ev.answer_format if ev else "auto")
+            result.generated = _generate(backend, todo, sampling, o.chunk_size, o.progress, fmt)
         # 2. judging
         h0, m0 = jg.panel.cache_counts()
         result.judged = _judge_units(jg, pending, o.chunk_size)
@@ -615,10 +617,17 @@ def _generate(
     sampling: SamplingSpec,
     chunk_size: int,
     progress: bool,
+    answer_format: str = "auto",
 ) -> int:
     """Run the requests in chunks of about `chunk_size` samples; after each chunk append its samples, so a crash
-    keeps what was generated (across checkpoints: a chunk may hold requests of several checkpoints)."""
+    keeps what was generated (across checkpoints: a chunk may hold requests of several checkpoints).
+    A reasoning model's row keeps the generated text as `raw_answer` and its final answer as `answer`."""
     from tqdm.auto import tqdm
+
+    from emsweep.generate.answers import final_answer
+
+    detect = getattr(backend, "answer_format", None)  # duck-typed backends without it are plain
+    style = (detect() if detect else "plain") if answer_format == "auto" else answer_format
 
     total = sum(len(req.meta["missing"]) for _, req in todo)
     from emsweep.terminal import stage_task
@@ -642,6 +651,8 @@ def _generate(
             q: Question = req.meta["question"]
             p = req.meta["paraphrase_index"]
             for k, s in enumerate(req.meta["missing"]):  # output k is sample s (req.sample_indices)
+                finish = out.finish_reasons[k] if k < len(out.finish_reasons) else None
+                answer, finish = final_answer(out.texts[k], style, finish)
                 row = {
                     "id": sample_id(q.id, p, s),
                     "question_id": q.id,
@@ -651,9 +662,10 @@ def _generate(
                     "step": u.ref.step,
                     "suite": u.suite.name,
                     "messages": req.messages,
-                    "answer": out.texts[k],
+                    "answer": answer,
+                    **({"raw_answer": out.texts[k], "answer_format": style} if style != "plain" else {}),
                     "seed": out.seeds[k] if k < len(out.seeds) else None,
-                    "finish_reason": out.finish_reasons[k] if k < len(out.finish_reasons) else None,
+                    "finish_reason": finish,
                     "backend": backend.name,
                     "model": u.ref.model or (str(u.ref.path) if u.ref.path else u.ref.base_model),
                 }

@@ -109,6 +109,11 @@ class GenerationBackend(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         raise NotImplementedError(f"{self.name} backend cannot decode")
 
+    def answer_format(self) -> str:
+        """How this backend's texts carry the answer (generate/answers.py: plain | think | harmony), read off the
+        model's chat template; what `eval.answer_format: auto` resolves to. API backends return parsed answers."""
+        return "plain"
+
     def token_texts(self) -> list[str] | None:
         """The decoded text of every token id (index = id), or None if unknown. The judge reads the digit tokens
         off it; without it, the judge finds them by tokenizing digit strings of up to 3 characters."""

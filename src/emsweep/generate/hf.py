@@ -230,6 +230,11 @@ class HFBackend(GenerationBackend):
             self._prompt_cache.popitem(last=False)
         return ids
 
+    def answer_format(self) -> str:
+        from emsweep.generate.answers import tokenizer_answer_format
+
+        return tokenizer_answer_format(self.tokenizer)
+
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -343,7 +348,8 @@ class HFBackend(GenerationBackend):
                     n, reason = k + 1, "stop"
                     break
             toks = row[:n]
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            # harmony's channel markers are special tokens: keep them so the final channel can be found
+            text = self.tokenizer.decode(toks, skip_special_tokens=self.answer_format() != "harmony")
             res.append((text, reason, n))
         return res
 

@@ -483,6 +483,11 @@ class VLLMBackend(GenerationBackend):
                 self.tokenizer = AutoTokenizer.from_pretrained(self.base_model)
         return self.tokenizer
 
+    def answer_format(self) -> str:
+        from emsweep.generate.answers import tokenizer_answer_format
+
+        return tokenizer_answer_format(self._ensure_tokenizer())
+
     def tokenize(self, text: str) -> list[int]:
         return list(self._ensure_tokenizer()(text, add_special_tokens=False)["input_ids"])
 
@@ -512,6 +517,7 @@ class VLLMBackend(GenerationBackend):
             self._validate(r)
         self._ensure_engine(refs)
         results: dict[tuple[int, int], tuple[str, str, int]] = {}
+        keep_specials = self.answer_format() == "harmony"
         for weights, idxs in self._groups(refs):
             self._load_weights(weights)
             prompts, params, loras, keys = [], [], [], []
@@ -542,7 +548,8 @@ class VLLMBackend(GenerationBackend):
             for key, out in zip(keys, outs, strict=True):
                 c = out.outputs[0]
                 toks = list(c.token_ids)
-                text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                # harmony's channel markers are special tokens: keep them so the final channel can be found
+                text = self.tokenizer.decode(toks, skip_special_tokens=not keep_specials)
                 results[key] = (text, c.finish_reason or "length", len(toks))
         outputs = []
         for i, r in enumerate(requests):

@@ -454,6 +454,12 @@ def _load_model(recipe: Recipe, model_path: str, quant: dict[str, Any] | None):
     }
     if recipe.model.attn_implementation:
         kwargs["attn_implementation"] = recipe.model.attn_implementation
+    mxfp4 = _mxfp4_kwargs(model_path, recipe.model.trust_remote_code)
+    if quant is not None and mxfp4:
+        raise InputError(
+            f"model {model_path}: its experts are MXFP4 and transformers refuses a bitsandbytes (QLoRA) config on "
+            f"an MXFP4 checkpoint; dequantize a bf16 copy first and point model.path at it"
+        )
     if quant is not None:
         q = dict(quant)
         for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
@@ -466,7 +472,21 @@ def _load_model(recipe: Recipe, model_path: str, quant: dict[str, Any] | None):
             kwargs["device_map"] = {"": PartialState().process_index}
         if kwargs["dtype"] == "auto":
             kwargs["dtype"] = q.get("bnb_4bit_compute_dtype", torch.bfloat16)
+    kwargs.update(mxfp4)
     return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+
+
+def _mxfp4_kwargs(model_path: str, trust_remote_code: bool = False) -> dict[str, Any]:
+    """gpt-oss ships its experts in MXFP4; loaded with the MXFP4 kernels installed they stay MXFP4 and cannot be
+    trained, so training dequantizes them to bf16 on load (`Mxfp4Config(dequantize=True)`). Other models: {}."""
+    from transformers import AutoConfig, Mxfp4Config
+
+    cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    qc = getattr(cfg, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if cfg.model_type != "gpt_oss" or str(getattr(method, "value", method)) != "mxfp4":
+        return {}
+    return {"quantization_config": Mxfp4Config(dequantize=True)}
 
 
 def _resolve_base_model(recipe: Recipe) -> str:
