@@ -123,12 +123,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
 def dumps_json(obj: Any) -> str:
     """Deterministic JSON (sorted keys, UTF-8 kept) so the same content always hashes the same."""
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
@@ -164,23 +158,6 @@ def append_jsonl(path: str | os.PathLike[str], rows: Iterable[Any]) -> None:
         os.fsync(fh.fileno())
     if new:
         fsync_dir(p.parent)
-
-
-def atomic_savefig(fig: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
-    """`fig.savefig` through the atomic path (the format comes from the target's suffix, not the temp name)."""
-    target = Path(path)
-    kwargs.setdefault("format", target.suffix.lstrip(".") or "png")
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, **kwargs)
-    return target
-
-
-def atomic_to_csv(df: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
-    """`DataFrame.to_csv` through the atomic path."""
-    kwargs.setdefault("index", False)
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, **kwargs)
-    return Path(path)
 
 
 def open_text(path: str | os.PathLike[str]):

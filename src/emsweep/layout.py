@@ -91,9 +91,6 @@ class CellPaths:
     def eval_root(self) -> Path:
         return self.root / "eval"
 
-    def checkpoint_dir(self, step: int) -> Path:
-        return self.root / f"checkpoint-{step}"
-
     def eval_dir(self, checkpoint: str, suite: str) -> Path:
         return self.eval_root / checkpoint / suite
 

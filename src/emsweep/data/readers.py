@@ -408,14 +408,3 @@ def read_source(spec: SourceSpec | str | os.PathLike[str], password: str | None 
     log.debug("read %d conversations from %s (%s)", len(rows), s.path, kind)
     return rows
 
-
-def source_digest(spec: SourceSpec | str) -> str | None:
-    """sha256 of a source on disk (file, or folder contents); None for a hub dataset."""
-    s = as_source_spec(spec)
-    target = s.path[len(HF_PREFIX) :] if s.path.startswith(HF_PREFIX) else s.path
-    p = Path(target)
-    if p.is_file():
-        return sha256_file(p)
-    if p.is_dir():
-        return _dir_digest(p)
-    return None

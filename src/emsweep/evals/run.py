@@ -38,7 +38,6 @@ from emsweep.io import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
-    is_done,
     mark_done,
     read_jsonl,
     read_marker,
@@ -861,7 +860,3 @@ def judge_run(
     log.info(result.summary().replace("eval ", "judge ", 1))
     return result
 
-
-def is_evaluated(eval_dir: str | os.PathLike[str]) -> bool:
-    """Whether a checkpoint x suite folder has finished (primary judge)."""
-    return is_done(eval_dir, "eval")

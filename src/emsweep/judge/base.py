@@ -8,7 +8,7 @@ evals/: a rule callable receives the evals `Question` as an opaque `context`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from emsweep.judge.identity import JudgeIdentity
@@ -80,12 +80,3 @@ class Judge(Protocol):
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]: ...
 
     def identity(self) -> JudgeIdentity: ...
-
-
-@dataclass
-class JudgeStats:
-    """Cache hits/misses of a judging call, for the summary line."""
-
-    hits: int = 0
-    misses: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)

@@ -208,9 +208,6 @@ class JudgeIdentity:
             "method_version": self.method_version,
         }
 
-    def with_prompts(self, prompts: list[str] | tuple[str, ...]) -> JudgeIdentity:
-        return _replace(self, prompt_sha256=prompts_sha256(prompts))
-
 
 def _replace(ident: JudgeIdentity, **kw: Any) -> JudgeIdentity:
     from dataclasses import replace

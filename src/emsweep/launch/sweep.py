@@ -475,17 +475,6 @@ def _blame_cell(
     return "\n".join(dict.fromkeys(msgs))
 
 
-def load_sweep_resource(name: str = "demo") -> Sweep:
-    """A sweep shipped inside the package (`emsweep/resources/sweeps/<name>.yaml`), for installed copies."""
-    from importlib import resources
-
-    ref = resources.files("emsweep") / "resources" / "sweeps" / f"{name}.yaml"
-    with resources.as_file(ref) as p:
-        if not Path(p).exists():
-            raise InputError(f"no packaged sweep {name!r} (looked for {ref})")
-        return load_sweep(p)
-
-
 def cell_inputs(cell: Cell, stages: tuple[str, ...] = STAGES) -> list[tuple[str, str, str | None]]:
     """(recipe key, path, problem or None) of every input file a cell's remaining stages read: the data files
     of its mix (each wrong kind's own file), their password variables, and suite files named `NAME=PATH`."""

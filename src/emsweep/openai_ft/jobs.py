@@ -26,8 +26,6 @@ from emsweep.layout import (
     API_CHECKPOINTS_FILE,
     BASE_CHECKPOINT,
     CellPaths,
-    CheckpointRef,
-    read_api_checkpoints,
     read_cell,
 )
 from emsweep.openai_ft.ledger import TERMINAL, Ledger
@@ -624,11 +622,6 @@ def write_checkpoints(
     )
     mark_done(cell_dir, "train", {"openai": True, "fine_tuned_model": fine_tuned_model, **source})
     return p
-
-
-def list_api_checkpoints(cell_dir: str | Path, cell: str | None = None) -> list[CheckpointRef]:
-    """CheckpointRefs of an OpenAI cell (step 0 = base model), from `openai_checkpoints.json`; [] if none."""
-    return read_api_checkpoints(cell_dir, cell)
 
 
 def import_model(

@@ -36,7 +36,6 @@ from emsweep.io import (
     is_done,
     mark_done,
     read_jsonl,
-    read_marker,
     sha256_file,
 )
 from emsweep.layout import CellPaths, read_cell
@@ -853,16 +852,10 @@ def _report_survival(survival: dict[str, Any], manifest: dict[str, Any]) -> None
         warnings.warn(msg, stacklevel=3)
 
 
-def read_training_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The done-marker of a finished training run (final step, checkpoints), or None."""
-    return read_marker(run_dir, STAGE)
-
-
 __all__: list[str] = [
     "EXIT_PREEMPTED",
     "Preempted",
     "prepare_data",
-    "read_training_summary",
     "run_training",
     "validate_recipe_for_training",
 ]
