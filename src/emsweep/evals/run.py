@@ -859,4 +859,3 @@ def judge_run(
             jg.panel.close()
     log.info(result.summary().replace("eval ", "judge ", 1))
     return result
-
