@@ -7,11 +7,10 @@ with such a function plus one line in `SOURCE_READERS`; a recipe picks it with `
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from emsweep.io import InputError
+from emsweep.registry import load_entry
 
 if TYPE_CHECKING:
     from emsweep.data.conversation import Conversation
@@ -43,13 +42,4 @@ def check_source_format(name: str) -> str:
 
 def source_reader(name: str) -> SourceReader:
     """The reader registered under `name` (or an alias of it); a clear error for an unknown or broken entry."""
-    key = FORMAT_ALIASES.get(name, name)
-    entry = SOURCE_READERS.get(key)
-    if entry is None:
-        raise InputError(f"unknown source format {name!r}; registered formats: {', '.join(source_format_names())}")
-    mod, _, fn_name = entry.partition(":")
-    try:
-        fn = getattr(importlib.import_module(mod), fn_name)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"source format {name!r}: cannot load {entry} ({exc})") from None
-    return fn
+    return load_entry(SOURCE_READERS, "source format", FORMAT_ALIASES.get(name, name), source_format_names())

@@ -10,13 +10,12 @@ one line here (docs/extending.md).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emsweep.io import InputError
+from emsweep.registry import load_entry
 
 SUITE_LOADERS: dict[str, str] = {
     "yaml": "emsweep.evals.suites:load_yaml_request",  # Betley et al.'s question YAML (+ emsweep extensions)
@@ -42,14 +41,7 @@ class SuiteRequest:
 
 
 def _load(table: dict[str, str], what: str, name: str) -> Callable[..., Any]:
-    entry = table.get(name)
-    if entry is None:
-        raise InputError(f"unknown {what} {name!r}; registered: {', '.join(sorted(table))}")
-    mod, _, attr = entry.partition(":")
-    try:
-        return getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"{what} {name!r}: cannot load {entry} ({exc})") from None
+    return load_entry(table, what, name)
 
 
 def suite_loader(name: str) -> Callable[[SuiteRequest], Any]:

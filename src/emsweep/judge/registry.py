@@ -7,7 +7,6 @@ a suite question picks it with `judge_kind: <name>` (docs/judge.md).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections import defaultdict
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from emsweep.io import InputError
 from emsweep.judge.base import Judge, JudgeItem, Judgment
 from emsweep.judge.identity import JudgeIdentity, model_identity, prompts_sha256
+from emsweep.registry import load_entry
 
 if TYPE_CHECKING:
     from emsweep.judge.judge import LogprobJudge
@@ -36,15 +36,7 @@ KIND_ORDER = ("logprob", "categorical", "rule")  # which kind names a mixed suit
 
 def judge_kind_class(name: str) -> type:
     """The class registered under `name`; a clear error for an unknown name or a broken entry."""
-    entry = JUDGE_KINDS.get(name)
-    if entry is None:
-        raise InputError(f"unknown judge kind {name!r}; registered kinds: {', '.join(sorted(JUDGE_KINDS))}")
-    mod, _, cls_name = entry.partition(":")
-    try:
-        cls = getattr(importlib.import_module(mod), cls_name)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"judge kind {name!r}: cannot load {entry} ({exc})") from None
-    return cls
+    return load_entry(JUDGE_KINDS, "judge kind", name)
 
 
 def _predicted_identity(spec: JudgeSpec) -> JudgeIdentity:
