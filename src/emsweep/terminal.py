@@ -22,6 +22,8 @@ KNOWN_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     (r"`gradient_checkpointing` is deprecated and will be removed in v6", FutureWarning),
     # transformers 5 generate(): PEFT's generation path still passes the old keyword
     (r"`past_key_values` is deprecated", FutureWarning),
+    # transformers 5 PreTrainedModel: PEFT/TRL still read the old property during generation and training
+    (r"`is_gradient_checkpointing` is deprecated and will be removed in v6", FutureWarning),
 )
 # The same for library log records (logger name, message start): bitsandbytes on a CPU-only machine tries to
 # fetch a 4-bit kernel from the hub at import and logs its failure; emsweep never uses 4-bit on CPU.
