@@ -56,7 +56,11 @@ def family_plot(fam: pd.DataFrame, df: pd.DataFrame, cv: pd.DataFrame, title: st
         ax.set_xlabel("step (step 0 drawn at 0.5)" if log_x else "step")
         if log_x:
             ax.set_xscale("log")
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+        else:  # an empty panel says why instead of showing an empty legend
+            ax.text(0.5, 0.5, "no data for these cells\n(task adoption needs data.n_task_heldout > 0)"
+                    if ax is ax1 else "no data", ha="center", va="center", fontsize=8, transform=ax.transAxes)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
