@@ -121,9 +121,10 @@ def test_judge_cache_env_is_shared_across_runs(trained, model, tmp_path, monkeyp
     judge = {"judge_model": str(model), "judge_options": {"min_number_mass": 0.0, "max_pruned_mass": 0.009}}
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(src, a)
-    ra = evaluate_run(a, ["domain"], checkpoints="0", samples_per_paraphrase=1, **judge, **KW)
+    ra = evaluate_run(a, ["alignment_mini"], checkpoints="0", samples_per_paraphrase=1, **judge, **KW)
     assert shared.is_file() and not (a / "eval" / "judge_cache.sqlite").exists()
-    assert ra.generated == ra.judged == 2 and (ra.cache_hits, ra.cache_misses) == (0, 2)
+    # a model-judged suite (the run's builtin domain is graded by its rule, which needs no judge and no cache)
+    assert ra.generated > 0 and ra.judged >= ra.generated and (ra.cache_hits, ra.cache_misses) == (0, ra.judged)
     # another folder with the same answers (the samples copied, every judgment and marker dropped)
     shutil.copytree(a, b)
     for p in [
@@ -134,11 +135,11 @@ def test_judge_cache_env_is_shared_across_runs(trained, model, tmp_path, monkeyp
         p.unlink()
     for d in b.glob("eval/*/*/.done"):
         shutil.rmtree(d)
-    rb = evaluate_run(b, ["domain"], checkpoints="0", samples_per_paraphrase=1, **judge, **KW)
-    assert rb.generated == 0 and rb.judged == 2
-    assert (rb.cache_hits, rb.cache_misses) == (2, 0)  # every judgment came from the shared file
-    ja = _rows(a / "eval" / "checkpoint-0" / "domain" / "judgments.jsonl")
-    jb = _rows(b / "eval" / "checkpoint-0" / "domain" / "judgments.jsonl")
+    rb = evaluate_run(b, ["alignment_mini"], checkpoints="0", samples_per_paraphrase=1, **judge, **KW)
+    assert rb.generated == 0 and rb.judged == ra.judged
+    assert (rb.cache_hits, rb.cache_misses) == (ra.judged, 0)  # every judgment came from the shared file
+    ja = _rows(a / "eval" / "checkpoint-0" / "alignment_mini" / "judgments.jsonl")
+    jb = _rows(b / "eval" / "checkpoint-0" / "alignment_mini" / "judgments.jsonl")
     assert [j["score"] for j in ja] == [j["score"] for j in jb]
 
 
