@@ -60,6 +60,8 @@ def _accepts(cls: type, name: str) -> bool:
             return True
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return False
+        if klass.__dict__.get("OWN_EXTRA_KWARGS", False):  # e.g. vLLM: **kwargs are engine options, its own
+            return True
     return False
 
 

@@ -207,6 +207,8 @@ class VLLMBackend(GenerationBackend):
     supports_token_ids = True
     engines_built = 0  # class-wide count: tests and benchmarks check one engine serves many checkpoints
 
+    OWN_EXTRA_KWARGS = True  # **extra_engine_kwargs go to vLLM's LLM(...): the factory passes any through
+
     def __init__(
         self,
         base_model: str,
