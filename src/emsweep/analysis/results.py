@@ -14,22 +14,18 @@ The per-cell view (`cell_view`) folds the suites into one row per cell x checkpo
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
 
-from emsweep.config import format_validation_error
-from emsweep.evals.schema import CheckpointMetrics
+from emsweep.evals.schema import CheckpointMetrics, load_metrics
 from emsweep.io import InputError
 from emsweep.layout import checkpoint_step, read_cell
 
 AXES = ["domain", "fraction_correct", "wrong_kind", "method", "seed", "model"]
-SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # 2 adds judge_identity, judge_metrics, per_question (read when present)
 CI_METRICS = ["misaligned_rate", "aligned_mean", "coherent_mean", "dangerous_rate", "domain_accuracy"]
 REPORT_DIRNAME = "report"
 
@@ -45,32 +41,9 @@ def find_metrics(root: Path) -> list[Path]:
 
 
 def _load_metrics(path: Path) -> CheckpointMetrics:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    version = raw.get("schema_version")
-    if version not in SUPPORTED_SCHEMA_VERSIONS:
-        older = isinstance(version, int) and version < min(SUPPORTED_SCHEMA_VERSIONS)
-        raise InputError(
-            f"{path}: metrics schema_version {version!r} but this emsweep reads versions "
-            f"{', '.join(str(v) for v in SUPPORTED_SCHEMA_VERSIONS)}"
-            + (
-                " (an older schema): re-run the evaluation of that cell (`emsweep sweep cell SWEEP --cell ID "
-                "--stages eval --force`) to rewrite it"
-                if older or version is None
-                else ": upgrade emsweep to read it"
-            )
-        )
-    # version-2 fields this emsweep's schema may not declare yet: read them here, validate the rest
-    v2 = {k: raw.pop(k) for k in V2_FIELDS if k in raw and k not in CheckpointMetrics.model_fields}
-    try:
-        m = CheckpointMetrics.model_validate(raw)
-    except ValidationError as exc:
-        raise InputError(format_validation_error(exc, str(path))) from None
-    _V2_CACHE[str(path)] = {k: v2.get(k, getattr(m, k, None)) for k in V2_FIELDS}
+    """The metrics file (any readable schema version, evals/schema.py), with its version-2 fields remembered."""
+    m = load_metrics(path)
+    _V2_CACHE[str(path)] = {k: getattr(m, k, None) for k in V2_FIELDS}
     return m
 
 

@@ -71,11 +71,16 @@ def load_metrics(path: str | os.PathLike[str]) -> CheckpointMetrics:
         raise InputError(f"{p}: expected a JSON object")
     version = raw.get("schema_version")
     if version not in READABLE_SCHEMA_VERSIONS:
-        newer = isinstance(version, int) and version > METRICS_SCHEMA_VERSION
+        older = version is None or (isinstance(version, int) and version < min(READABLE_SCHEMA_VERSIONS))
         raise InputError(
-            f"{p}: metrics schema_version {version!r}; this emsweep reads versions "
+            f"{p}: metrics schema_version {version!r} but this emsweep reads versions "
             f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
-            + (": upgrade emsweep to read it" if newer else " (re-run the evaluation to rewrite it)")
+            + (
+                " (an older schema): re-run the evaluation of that cell (`emsweep sweep cell SWEEP --cell ID "
+                "--stages eval --force`) to rewrite it"
+                if older
+                else ": upgrade emsweep to read it"
+            )
         )
     try:
         return CheckpointMetrics.model_validate(raw)
