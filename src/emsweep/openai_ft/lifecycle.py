@@ -18,17 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from emsweep.config import StrictModel, _key_lines, format_validation_error, load_yaml
+from emsweep.config import StrictModel
 from emsweep.io import InputError
-from emsweep.openai_ft.prices import base_of
+from emsweep.openai_ft.prices import base_of, find_table, load_table
 
 log = logging.getLogger(__name__)
 
 LIFECYCLE_ENV = "EMSWEEP_OPENAI_LIFECYCLE"
 TODAY_ENV = "EMSWEEP_TODAY"
-_REPO_TABLE = Path(__file__).resolve().parents[3] / "recipes" / "openai" / "lifecycle.yaml"
 UNKNOWN = "unknown"
 
 
@@ -103,28 +102,11 @@ class LifecycleTable(StrictModel):
 
 
 def find_lifecycle(path: str | os.PathLike[str] | None = None) -> Path:
-    candidates = [Path(path)] if path else []
-    if os.environ.get(LIFECYCLE_ENV):
-        candidates.append(Path(os.environ[LIFECYCLE_ENV]))
-    candidates += [Path("recipes/openai/lifecycle.yaml"), _REPO_TABLE]
-    for c in candidates:
-        if c.exists():
-            return c
-    raise InputError(
-        f"no OpenAI lifecycle table found (looked at {', '.join(map(str, candidates))}); pass --lifecycle or set "
-        f"{LIFECYCLE_ENV}"
-    )
+    return find_table(path, LIFECYCLE_ENV, "lifecycle.yaml", "lifecycle", "--lifecycle")
 
 
 def load_lifecycle(path: str | os.PathLike[str] | None = None) -> LifecycleTable:
-    p = find_lifecycle(path)
-    data = load_yaml(p)
-    try:
-        table = LifecycleTable.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(format_validation_error(exc, str(p), _key_lines(p.read_text(encoding="utf-8")))) from None
-    table.path = str(p)
-    return table
+    return load_table(LifecycleTable, find_lifecycle(path))
 
 
 def today(value: dt.date | str | None = None) -> dt.date:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import Field, ValidationError
 
-from emsweep.config import StrictModel, format_validation_error, load_yaml
+from emsweep.config import StrictModel, _key_lines, format_validation_error, load_yaml
 from emsweep.io import InputError
 
 PRICES_ENV = "EMSWEEP_OPENAI_PRICES"
-_REPO_TABLE = Path(__file__).resolve().parents[3] / "recipes" / "openai" / "prices.yaml"
 
 
 class ModelPrice(StrictModel):
@@ -32,6 +32,9 @@ class ModelPrice(StrictModel):
 class Limits(StrictModel):
     max_file_bytes: int = 512 * 1024 * 1024
     min_examples: int = 10
+
+
+M = TypeVar("M", bound=StrictModel)
 
 
 class PriceTable(StrictModel):
@@ -101,26 +104,34 @@ def base_of(model: str) -> str:
     return model
 
 
-def find_prices(path: str | os.PathLike[str] | None = None) -> Path:
+def find_table(path: str | os.PathLike[str] | None, env: str, name: str, what: str, flag: str) -> Path:
+    """The table file: `path`, else $`env`, else recipes/openai/`name` from the cwd, else the repository's copy."""
     candidates = [Path(path)] if path else []
-    if os.environ.get(PRICES_ENV):
-        candidates.append(Path(os.environ[PRICES_ENV]))
-    candidates += [Path("recipes/openai/prices.yaml"), _REPO_TABLE]
+    if os.environ.get(env):
+        candidates.append(Path(os.environ[env]))
+    candidates += [Path("recipes/openai") / name, Path(__file__).resolve().parents[3] / "recipes" / "openai" / name]
     for c in candidates:
         if c.exists():
             return c
     raise InputError(
-        f"no OpenAI prices table found (looked at {', '.join(str(c) for c in candidates)}); pass --prices "
-        f"or set {PRICES_ENV}"
+        f"no OpenAI {what} table found (looked at {', '.join(map(str, candidates))}); pass {flag} or set {env}"
     )
 
 
-def load_prices(path: str | os.PathLike[str] | None = None) -> PriceTable:
-    p = find_prices(path)
-    data = load_yaml(p)
+def load_table(model: type[M], path: Path) -> M:
+    """A YAML table validated by `model`; errors name the file, line and key. `path` is kept on the table."""
     try:
-        table = PriceTable.model_validate(data)
+        table = model.model_validate(load_yaml(path))
     except ValidationError as exc:
-        raise InputError(format_validation_error(exc, str(p), {})) from None
-    table.path = str(p)
+        lines = _key_lines(path.read_text(encoding="utf-8"))
+        raise InputError(format_validation_error(exc, str(path), lines)) from None
+    table.path = str(path)
     return table
+
+
+def find_prices(path: str | os.PathLike[str] | None = None) -> Path:
+    return find_table(path, PRICES_ENV, "prices.yaml", "prices", "--prices")
+
+
+def load_prices(path: str | os.PathLike[str] | None = None) -> PriceTable:
+    return load_table(PriceTable, find_prices(path))
