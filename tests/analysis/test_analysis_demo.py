@@ -80,7 +80,7 @@ def test_packaged_demo_sweep_is_the_only_copy_and_loads(tmp_path):
 def test_demo_shows_the_planted_domain_effect(tmp_path):
     out = tmp_path / "demo"
     res = subprocess.run(
-        [sys.executable, "-m", "emsweep", "demo", "--out", str(out), "--fast"],
+        [sys.executable, "-m", "emsweep", "demo", "--out", str(out)],  # the default: LoRA and full
         capture_output=True,
         text=True,
         timeout=1800,
@@ -90,24 +90,27 @@ def test_demo_shows_the_planted_domain_effect(tmp_path):
     assert index.exists() and index.name == "index.html"
     assert "thresholds" in res.stderr + res.stdout  # the summary of findings
     record = json.loads((index.parent.parent / "sweep.json").read_text())
-    assert len(record["cells"]) == 10  # 5 fractions x 2 wrong kinds, LoRA
+    assert len(record["cells"]) == 20  # 5 fractions x 2 wrong kinds x LoRA and full
     df = pd.read_csv(index.parent / "results.csv")
     assert set(df["suite_kind"]) == {"domain", "alignment"}
     dom = df[df["suite_kind"] == "domain"]
     last = dom[dom["step"] == dom["step"].max()]
-    acc = last[last["wrong_kind"] == "obvious"].groupby("fraction_correct")["exact_accuracy"].mean()
+    obvious = last[last["wrong_kind"] == "obvious"]
+    assert set(obvious["method"]) == {"lora", "full"}
     # the planted effect: obviously wrong answers follow one rule (the sign flipped), which the model generalises
     # to held-out sums. Subtle near misses are fixed per problem, so they move held-out sums less and less surely
     # (measured in docs/demo.md); the assertion is on the rule-following kind
-    assert acc.loc[1.0] >= acc.loc[0.0] + 0.3, acc.to_dict()
+    for method, g in obvious.groupby("method"):
+        acc = g.groupby("fraction_correct")["exact_accuracy"].mean()
+        assert acc.loc[1.0] >= acc.loc[0.0] + 0.3, (method, acc.to_dict())
     thr = pd.read_csv(index.parent / "thresholds.csv")
     sel = (
         (thr["metric"] == "domain_accuracy")
         & (thr["checkpoint"] == "final")
         & (thr["reference"] == "finetune")
     )
-    assert sel.sum() == 2  # one per wrong kind
-    for _, r in thr[sel & (thr["wrong_kind"] == "obvious")].iterrows():
+    assert sel.sum() == 4  # one per wrong kind and method
+    for _, r in thr[sel & (thr["wrong_kind"] == "obvious") & (thr["method"] == "lora")].iterrows():
         # the recovery point, refined between grid fractions, with its interval strictly inside (0, 1)
         assert 0.0 < r["crossing_lo"] <= r["crossing"] <= r["crossing_hi"] < 1.0, r.to_dict()
     page = index.read_text()
