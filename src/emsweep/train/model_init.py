@@ -338,11 +338,25 @@ def build_qwen_tokenizer(vocab_size: int = 512):
     return tok
 
 
-def build_llama3_tokenizer(vocab_size: int = 512):
-    """A Llama-3-style byte-level BPE tokenizer with every 1-3 digit number as a token, trained offline."""
+def _byte_level_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], **special: Any):
+    """A byte-level BPE fast tokenizer with Llama 3's pre-tokenizer (1-3 digit numbers), as Llama 3 and gpt-oss
+    (o200k) both split text; `special` goes to PreTrainedTokenizerFast (bos/eos/pad tokens, max length)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    core = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, **special)
+
+
+def build_llama3_tokenizer(vocab_size: int = 512):
+    """A Llama-3-style byte-level BPE tokenizer with every 1-3 digit number as a token, trained offline."""
     vocab, merges = _train_bpe(QWEN_PRETOKENIZE_REGEX, vocab_size, [])
     # Number tokens like Llama 3: "12", "123". Merges for both "12 3" and "1 23" so any merge order ends whole.
     digits = [str(d) for d in range(10)]
@@ -363,16 +377,9 @@ def build_llama3_tokenizer(vocab_size: int = 512):
     for s in LLAMA3_SPECIALS:
         vocab[s] = len(vocab)
 
-    core = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
+    tok = _byte_level_tokenizer(
+        vocab,
+        merges,
         bos_token="<|begin_of_text|>",
         eos_token="<|eot_id|>",
         pad_token="<|finetune_right_pad_id|>",
@@ -409,22 +416,13 @@ def build_r1_tokenizer(vocab_size: int = 512):
 
 def build_harmony_tokenizer(vocab_size: int = 512):
     """A gpt-oss-style (o200k_harmony) byte-level BPE: 1-3 digit pre-tokens, harmony's specials and template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab, merges = _train_bpe(LLAMA3_PRETOKENIZE_REGEX, vocab_size, [])
     for s in HARMONY_SPECIALS:
         vocab[s] = len(vocab)
-    core = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    core.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
+    tok = _byte_level_tokenizer(
+        vocab,
+        merges,
         bos_token="<|startoftext|>",
         eos_token="<|return|>",
         pad_token="<|endoftext|>",
