@@ -9,7 +9,7 @@ Same arguments and behaviour as `emsweep train`; exit code 99 means "preempted, 
 
 import sys
 
-from emsweep.train.entry import main
+from emsweep.cli.train_entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
-"""Plain-argparse entry point for `accelerate launch` (and `python -m emsweep.train.entry`).
+"""Plain-argparse entry point for `accelerate launch` (and `python -m emsweep.cli.train_entry`).
 
     accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 4 scripts/train.py RECIPE.yaml
-    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m emsweep.train.entry RECIPE.yaml
+    accelerate launch --config_file recipes/accelerate/multi_gpu.yaml -m emsweep.cli.train_entry RECIPE.yaml
 
 Every rank runs this; only the main rank writes run files (cell.json, markers, logs). Exit codes: 0 done,
 2 bad input, 99 (`EXIT_PREEMPTED`) preempted after saving a checkpoint - requeue and run the same command again.

@@ -1,4 +1,7 @@
-"""`emsweep`: one command, a subcommand per stage. Each stage owns its commands in `<stage>/cli.py`.
+"""`emsweep`: one command, a subcommand per stage, each stage's commands in `cli/<stage>.py`.
+
+The CLI is the top layer (with the executors in launch/): it loads whole recipes and may call every stage, which
+is why the commands live here and not in the stage folders (a stage imports only the stages to its left).
 
 Heavy libraries (torch, transformers, vllm) are imported inside commands so that `--help` stays instant.
 """
@@ -13,13 +16,13 @@ import sys
 import typer
 
 from emsweep import __version__
-from emsweep.analysis import cli as analysis_cli
-from emsweep.data import cli as data_cli
-from emsweep.evals import cli as evals_cli
+from emsweep.cli import analysis as analysis_cli
+from emsweep.cli import data as data_cli
+from emsweep.cli import evals as evals_cli
+from emsweep.cli import launch as launch_cli
+from emsweep.cli import openai as openai_cli
+from emsweep.cli import train as train_cli
 from emsweep.io import InputError
-from emsweep.launch import cli as launch_cli
-from emsweep.openai_ft import cli as openai_cli
-from emsweep.train import cli as train_cli
 
 _EXAMPLES = """Examples:
 
