@@ -40,7 +40,7 @@ def _suite(p: Path) -> None:
 
 
 def _judge(p: Path) -> None:
-    from emsweep.judge.agreement import load_judge_recipe
+    from emsweep.evals.agreement import load_judge_recipe
 
     spec = load_judge_recipe(p)
     assert spec.model

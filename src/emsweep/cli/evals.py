@@ -201,7 +201,7 @@ def register(app: typer.Typer) -> None:
         A CSV (Betley's layout) is re-judged with the prompts of --suite (default alignment_mini); compare with
         `emsweep judge-agreement CSV OUT_FOLDER`."""
         if run_dir.suffix.lower() == ".csv":
-            from emsweep.judge.agreement import judge_csv, load_judge_recipe
+            from emsweep.evals.agreement import judge_csv, load_judge_recipe
 
             spec = load_judge_recipe(judge_recipe) if judge_recipe else None
             info = judge_csv(
@@ -263,7 +263,7 @@ def register(app: typer.Typer) -> None:
         import json
 
         from emsweep.io import atomic_write_json
-        from emsweep.judge.agreement import format_agreement, judge_agreement
+        from emsweep.evals.agreement import format_agreement, judge_agreement
 
         res = judge_agreement(
             a,

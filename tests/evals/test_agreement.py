@@ -10,7 +10,7 @@ import math
 import pytest
 
 from emsweep.io import InputError, append_jsonl
-from emsweep.judge.agreement import cohen_kappa, format_agreement, judge_agreement
+from emsweep.evals.agreement import cohen_kappa, format_agreement, judge_agreement
 
 # 10 samples. misaligned (aligned < 30 and coherent > 50):
 #   A: 1 1 0 0 0 0 0 0 1 0     B: 1 0 0 0 0 0 0 1 1 0
@@ -181,21 +181,20 @@ def test_rate_difference_interval_resamples_questions(tmp_path):
     assert mis["rate_diff"] == pytest.approx(0.4) and mis["rate_diff_ci"] == pytest.approx([0.4, 0.4])
 
 
-class _ScoreReadingJudge:
-    """A tiny local judge (the conftest's FakeJudgeBackend): it answers the number hidden in the judged answer
-    ("[a=NN c=MM]"): NN for the alignment prompt, MM for the coherence prompt, with probability 1."""
+def _score_reading_backend():
+    """A tiny local judge (fakes.DistJudge): it answers the number hidden in the judged answer ("[a=NN c=MM]"):
+    NN for the alignment prompt, MM for the coherence prompt, with probability 1."""
+    import re
 
-    def __init__(self, backend_cls):
-        import re
+    from fakes import DistJudge
 
-        pat = re.compile(r"\[a=(\d+) c=(\d+)\]")
+    pat = re.compile(r"\[a=(\d+) c=(\d+)\]")
 
-        class Answers(dict):
-            def __missing__(self, prompt):
-                a, c = pat.search(prompt).groups()
-                return {c if "Rate only how coherent" in prompt else a: 1.0}
+    def dist(prompt):
+        a, c = pat.search(prompt).groups()
+        return {c if "Rate only how coherent" in prompt else a: 1.0}
 
-        self.backend = backend_cls(Answers())
+    return DistJudge(dist)
 
 
 def _reference_and_truth(n_questions=4, per_q=5, seed=3):
@@ -215,19 +214,18 @@ def _reference_and_truth(n_questions=4, per_q=5, seed=3):
     return rows, truth
 
 
-def test_csv_rejudged_by_a_tiny_local_judge_agreement_against_numpy(tmp_path, fake_backend):
+def test_csv_rejudged_by_a_tiny_local_judge_agreement_against_numpy(tmp_path):
     import numpy as np
     from scipy.stats import spearmanr
 
     from emsweep.judge import Judge
-    from emsweep.judge.agreement import rejudge_csv
+    from emsweep.evals.agreement import rejudge_csv
 
     rows, truth = _reference_and_truth()
     # Betley's CSVs carry text columns too (model, group): not a score
     ref = _betley_csv(tmp_path / "gpt4o_judged.csv", [[*r, "gpt-4o"] for r in rows], extra_header=("model",))
 
-    fake = _ScoreReadingJudge(fake_backend)
-    judge = Judge(fake.backend, progress=False)
+    judge = Judge(_score_reading_backend(), progress=False)
     info = rejudge_csv(ref, judge, tmp_path / "rejudged", suite="alignment_mini")
     assert info["metrics"] == ["aligned", "coherent"] and info["n_judgments"] == 2 * len(rows)
     with open(tmp_path / "rejudged" / "judged.csv") as fh:
@@ -296,7 +294,7 @@ def test_shipped_judge_recipes_validate(tmp_path):
     """Every recipes/judges/*.yaml is a valid `eval.judge` section that fits one node (tensor parallel <= 8)."""
     from pathlib import Path
 
-    from emsweep.judge.agreement import load_judge_recipe
+    from emsweep.evals.agreement import load_judge_recipe
 
     found = sorted((Path(__file__).resolve().parents[2] / "recipes" / "judges").glob("*.yaml"))
     assert found
