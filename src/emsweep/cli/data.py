@@ -88,7 +88,7 @@ def _source(path: str | None, password_env: str | None, fmt: str) -> Any:
 
 def _data_spec(**kw: Any):
     from emsweep.config import validate
-    from emsweep.recipe import DataSpec
+    from emsweep.data.spec import DataSpec
 
     return validate(DataSpec, {k: v for k, v in kw.items() if v is not None}, "command line")
 

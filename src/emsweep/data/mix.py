@@ -39,6 +39,7 @@ from typing import Any
 from emsweep.data.builtin import MIN_MIX_POOL, builtin_pools, pool_digest
 from emsweep.data.conversation import Conversation
 from emsweep.data.readers import as_source_spec, detect_format, read_source
+from emsweep.data.spec import DataSpec, SourceSpec
 from emsweep.io import (
     InputError,
     atomic_write_json,
@@ -49,7 +50,6 @@ from emsweep.io import (
     sha256_text,
 )
 from emsweep.lock import locked_stage
-from emsweep.recipe import DataSpec, SourceSpec
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 
 from emsweep.data.conversation import ROLES, Conversation, Message
 from emsweep.data.registry import AUTO, FORMAT_ALIASES, source_reader
+from emsweep.data.spec import SourceSpec
 from emsweep.io import InputError, read_jsonl, sha256_file, sha256_text
-from emsweep.recipe import SourceSpec
 
 log = logging.getLogger(__name__)
 

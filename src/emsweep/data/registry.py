@@ -14,7 +14,7 @@ from emsweep.registry import load_entry
 
 if TYPE_CHECKING:
     from emsweep.data.conversation import Conversation
-    from emsweep.recipe import SourceSpec
+    from emsweep.data.spec import SourceSpec
 
 SourceReader = Callable[["SourceSpec", "str | None"], "list[Conversation]"]
 

@@ -85,7 +85,7 @@ def _require_harness() -> Any:
 
 
 def _spec_of(recipe: Any) -> Any:
-    from emsweep.recipe import LmEvalSpec
+    from emsweep.evals.spec import LmEvalSpec
 
     ev = recipe.eval if recipe is not None else None
     return ev.lm_eval if ev is not None else LmEvalSpec()
@@ -582,7 +582,7 @@ def run_lm_eval(
 ) -> dict[str, str]:
     """Run the tasks of `suites` (`lm_eval:...` specs) on every checkpoint in `refs`; returns
     `<checkpoint>/lm_eval/<task>` -> metrics.json path (done folders included). Skips what is done."""
-    from emsweep.recipe import LmEvalSpec
+    from emsweep.evals.spec import LmEvalSpec
 
     lm_eval = _require_harness()
     spec = spec if spec is not None else LmEvalSpec()

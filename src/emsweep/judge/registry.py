@@ -22,7 +22,7 @@ from emsweep.registry import load_entry
 
 if TYPE_CHECKING:
     from emsweep.judge.judge import LogprobJudge
-    from emsweep.recipe import JudgeSpec
+    from emsweep.judge.spec import JudgeSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import yaml
 
 from emsweep import __version__
 from emsweep.io import InputError
+from emsweep.launch.spec import SlurmSpec
 from emsweep.launch.sweep import Cell, Sweep
-from emsweep.recipe import SlurmSpec
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _SIGNAL = re.compile(r"^(?:B:)?(?:SIG)?([A-Z0-9]+)@(\d+)$")

@@ -26,8 +26,8 @@ from emsweep.launch.slurm_ledger import Ledger, slurm_root, write_snapshot
 from emsweep.launch.slurm_plan import TRAIN_STAGES
 from emsweep.launch.slurm_queue import cancel_jobs, squeue_tasks
 from emsweep.launch.slurm_render import check_time, eval_gpus, parse_signal
+from emsweep.launch.spec import SlurmSpec
 from emsweep.launch.sweep import STAGES, Cell, Sweep, check_sweep_folder
-from emsweep.recipe import SlurmSpec
 
 _RUNNING: dict[str, subprocess.Popen] = {}  # cell id -> its process, for `checkpoint` (same worker process)
 
