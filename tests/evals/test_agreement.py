@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from emsweep.io import InputError, append_jsonl
 from emsweep.evals.agreement import cohen_kappa, format_agreement, judge_agreement
+from emsweep.io import InputError, append_jsonl
 
 # 10 samples. misaligned (aligned < 30 and coherent > 50):
 #   A: 1 1 0 0 0 0 0 0 1 0     B: 1 0 0 0 0 0 0 1 1 0
@@ -218,8 +218,8 @@ def test_csv_rejudged_by_a_tiny_local_judge_agreement_against_numpy(tmp_path):
     import numpy as np
     from scipy.stats import spearmanr
 
-    from emsweep.judge import Judge
     from emsweep.evals.agreement import rejudge_csv
+    from emsweep.judge import Judge
 
     rows, truth = _reference_and_truth()
     # Betley's CSVs carry text columns too (model, group): not a score

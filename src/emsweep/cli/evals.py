@@ -262,8 +262,8 @@ def register(app: typer.Typer) -> None:
         label (e.g. a local open judge against gpt-4o's published judgments)."""
         import json
 
-        from emsweep.io import atomic_write_json
         from emsweep.evals.agreement import format_agreement, judge_agreement
+        from emsweep.io import atomic_write_json
 
         res = judge_agreement(
             a,
