@@ -67,7 +67,9 @@ import numpy as np
 import pandas as pd
 
 from emsweep.analysis.science import percentile_interval, question_weights
+from emsweep.evals.domain_suites import ADOPTION_METRIC, TASK_SUITE
 from emsweep.io import InputError
+from emsweep.layout import read_cell
 
 STUDY_DEFAULTS: dict[str, Any] = {
     "convergence_fraction": 0.10,
@@ -79,8 +81,6 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "n_boot": 1000,
     "onset_adjust": True,
 }
-TASK_SUITE = "task"
-ADOPTION_METRIC = "adopted"
 SIGNALS_FILE = "training_signals.json"
 FAMILY = ["model", "domain", "wrong_kind", "method", "fraction_correct", "learning_rate"]
 UNDETERMINED, NONE = "undetermined", "none"
@@ -559,10 +559,10 @@ def _counts_from_paths(steps: list[int], paths: list[str], stat: str, scale: flo
 
 def _learning_rate(cell_dir: str) -> float | None:
     try:
-        info = json.loads((Path(cell_dir) / "cell.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        recipe = read_cell(cell_dir, strict=False).recipe or {}
+    except OSError:
         return None
-    lr = ((info.get("recipe") or {}).get("sft") or {}).get("learning_rate")
+    lr = (recipe.get("sft") or {}).get("learning_rate")
     try:
         return float(lr) if lr is not None else None
     except (TypeError, ValueError):

@@ -16,7 +16,8 @@ task_adoption: {judge_prompt: "... {question} ... {answer} ..."}          # or {
 `task_adoption` judges whether an answer shows the *trained* behaviour (the checkpoint study's task adoption,
 docs/study.md): one judge for every kind, or a mapping kind -> judge. A judge prompt is a 0-100 question read
 like Betley's (probability-weighted score); a rule is a `RuleSpec` (regex / exact / callable, docs/judge.md).
-This module also builds the `task` suite of a run from its `data/task_heldout.jsonl`.
+This module holds the schema, its loading and the builtin domains' rule callables; evals/domain_suites.py turns
+the grader and the task-adoption judge into the `domain` and `task` suites.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ from emsweep.io import InputError
 from emsweep.recipe import SourceSpec
 
 DOMAIN_PATH_ENV = "EMSWEEP_DOMAIN_PATH"
-TASK_SUITE = "task"
-ADOPTION_METRIC = "adopted"
 
 
 class JudgeRef(StrictModel):
@@ -219,86 +218,3 @@ def _sum_of(question: Any) -> int | None:
     text = question.paraphrases[0] if hasattr(question, "paraphrases") else str(question)
     m = re.search(r"(-?\d+)\s*\+\s*(-?\d+)", text)
     return None if m is None else int(m.group(1)) + int(m.group(2))
-
-
-# --- the domain grader on the domain suite ------------------------------------------------------------------
-
-
-def graded_suite(suite: Any, grader: JudgeRef) -> Any:
-    """The `domain` suite with the domain's grader as its `correct` metric: a rule (exact, no model) or the
-    domain's own 0-100 judge prompt against the reference (instead of the generic DOMAIN_JUDGE_PROMPT)."""
-    from dataclasses import replace
-
-    from emsweep.evals.suites import NUMERIC_TYPE, RULE_TYPE
-    from emsweep.judge.base import RuleSpec
-
-    qs = []
-    for q in suite.questions:
-        if grader.rule is not None:
-            qs.append(replace(q, type=RULE_TYPE, judge_prompts={}, judge_rules={"correct": RuleSpec(**grader.rule)}))
-        else:
-            qs.append(replace(q, type=NUMERIC_TYPE, judge_prompts={"correct": grader.judge_prompt}))
-    return replace(suite, questions=qs)
-
-
-def run_domain_grader(run_dir: str | os.PathLike[str]) -> JudgeRef | None:
-    """The grader of the domain a run trained on (cell.json's data.domain), or None when it has no domain YAML."""
-    import json
-
-    p = Path(run_dir) / "cell.json"
-    if not p.exists():
-        return None
-    data = (json.loads(p.read_text(encoding="utf-8")).get("recipe") or {}).get("data") or {}
-    name = data.get("domain")
-    if not isinstance(name, str) or name == "custom" or find_domain(name) is None:
-        return None
-    return load_domain(name).grader
-
-
-# --- the task suite ---------------------------------------------------------------------------------------
-
-
-def task_suite(
-    task_heldout: str | os.PathLike[str], judge: JudgeRef, *, samples_per_question: int = 1, name: str = TASK_SUITE
-) -> Any:
-    """The `task` suite: one question per task-held-out row, metric `adopted` (100: the answer shows the
-    trained behaviour) judged by the domain's task-adoption judge."""
-    from dataclasses import replace
-
-    from emsweep.evals.suites import NUMERIC_TYPE, RULE_TYPE, domain_suite
-    from emsweep.judge.base import RuleSpec
-
-    p = Path(task_heldout)
-    if not p.exists():
-        raise InputError(
-            f"{p}: no training-distribution split; set data.n_task_heldout (e.g. 100) in the recipe, delete the "
-            "run's data/ folder and retrain, so the checkpoint study has task signals"
-        )
-    base = domain_suite(p, name=name, samples_per_question=samples_per_question,
-                        judge_prompt="{question} {reference} {answer}")  # fmt: skip
-    qs = []
-    for q in base.questions:
-        if judge.rule is not None:
-            rule = RuleSpec(**judge.rule)
-            qs.append(replace(q, type=RULE_TYPE, judge_prompts={}, judge_rules={ADOPTION_METRIC: rule}, checker=None))
-        else:
-            qs.append(replace(q, type=NUMERIC_TYPE, judge_prompts={ADOPTION_METRIC: judge.judge_prompt}, checker=None))
-    return replace(base, questions=qs, kind="task")
-
-
-def run_task_suite(run_dir: str | os.PathLike[str], *, samples_per_question: int = 1) -> Any:
-    """The task suite of a run: its `data/task_heldout.jsonl`, judged by its domain's adoption judge for the
-    wrong kind it trained on (from cell.json's recipe)."""
-    import json
-
-    run = Path(run_dir)
-    info = json.loads((run / "cell.json").read_text(encoding="utf-8")) if (run / "cell.json").exists() else {}
-    data = (info.get("recipe") or {}).get("data") or {}
-    name = data.get("domain") or data.get("builtin")
-    if not name or find_domain(str(name)) is None:
-        name = data.get("builtin") or name
-    if not name or find_domain(str(name)) is None:
-        raise InputError(f"{run}: the `task` suite needs a domain YAML for data.domain {name!r} (recipes/domains)")
-    spec = load_domain(str(name))
-    return task_suite(run / "data" / "task_heldout.jsonl", spec.adoption_judge(str(data.get("wrong_kind", "subtle"))),
-                      samples_per_question=samples_per_question)  # fmt: skip

@@ -570,7 +570,7 @@ def load_task_request(req: Any) -> Suite:
     """`task`: the checkpoint study's task adoption on the run's data/task_heldout.jsonl."""
     if req.run_dir is None:
         raise InputError("--suite task needs a run folder (it reads data/task_heldout.jsonl and cell.json)")
-    from emsweep.data.domain import run_task_suite
+    from emsweep.evals.domain_suites import run_task_suite
 
     return run_task_suite(req.run_dir, samples_per_question=req.samples_per_paraphrase or 1)
 
@@ -588,7 +588,7 @@ def load_domain_request(req: Any) -> Suite:
     n = req.samples_per_paraphrase or req.domain_samples or DEFAULT_DOMAIN_SAMPLES
     suite = domain_suite(heldout, name=req.name, samples_per_question=n)
     if req.run_dir is not None and not req.arg:  # the run's domain YAML grades its held-out answers
-        from emsweep.data.domain import graded_suite, run_domain_grader
+        from emsweep.evals.domain_suites import graded_suite, run_domain_grader
 
         grader = run_domain_grader(req.run_dir)
         suite = suite if grader is None else graded_suite(suite, grader)
