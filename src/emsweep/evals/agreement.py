@@ -521,7 +521,7 @@ def load_judge_recipe(path: str | os.PathLike[str]) -> Any:
     from pydantic import ValidationError
 
     from emsweep.config import _key_lines, format_validation_error, load_yaml
-    from emsweep.recipe import JudgeSpec
+    from emsweep.judge.spec import JudgeSpec
 
     p = Path(path)
     try:
