@@ -21,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from emsweep.cli import app
-from emsweep.data.generate import (
+from emsweep.teacher.generate import (
     GenerateSpec,
     Generator,
     ModelSpec,

@@ -438,7 +438,7 @@ def generate(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     """Write paired correct / obviously wrong / subtly wrong answers with a teacher model, checked by a verifier."""
-    from emsweep.data.generate import Generator, ModelSpec, load_spec, make_model
+    from emsweep.teacher.generate import Generator, ModelSpec, load_spec, make_model
 
     spec = load_spec(spec_path)
 
