@@ -21,6 +21,8 @@ import yaml
 from typer.testing import CliRunner
 
 from emsweep.cli import app
+from emsweep.generate.base import GenerationBackend, GenerationOutput
+from emsweep.io import InputError
 from emsweep.teacher.generate import (
     GenerateSpec,
     Generator,
@@ -30,8 +32,6 @@ from emsweep.teacher.generate import (
     parse_label,
     render_verifier,
 )
-from emsweep.generate.base import GenerationBackend, GenerationOutput
-from emsweep.io import InputError
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "openai"))
 from fake_openai import FakeOpenAI

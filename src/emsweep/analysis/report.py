@@ -2,6 +2,9 @@
 
 Every number in the HTML links to the `metrics.json` it came from (relative links, so the folder can be copied
 or zipped as a whole); results.csv has a `metrics_path` column for the same reason.
+
+Over ~450 lines because the report is one HTML page written top to bottom in `_build_report`, section by
+section in reading order; its numbers come from results.py, science.py and study.py, its figures from plots.py.
 """
 
 from __future__ import annotations
@@ -407,7 +410,8 @@ def _build_report(
     parts.append(lm_eval_html(df, out_dir, links.num))
 
     parts.append("<h2>Method</h2><div class='method'>")
-    parts.append(markdown_to_html(science.__doc__ or ""))  # the docstring is Markdown: render it
+    method = (science.__doc__ or "").split("\nCode note:")[0]  # the docstring is Markdown, up to its code note
+    parts.append(markdown_to_html(method))
     parts.append("</div>")
 
     page = (

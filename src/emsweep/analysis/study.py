@@ -52,6 +52,9 @@ misaligned rate. Across models (same domain, kind, method, fraction), the Pearso
 with log10(parameter count); parameters are counted by instantiating the model's config on the meta device
 (no weights read). Interval: models resampled with replacement, each model's susceptibility redrawn (questions,
 then seeds) in the same replicate; replicates where every drawn model is the same are skipped.
+
+Over ~450 lines because the study's rules (convergence, onset, patience) are vectorised over the same
+bootstrap replicates of the same per-question counts; one module keeps the draws and the rules reading alike.
 """
 
 from __future__ import annotations

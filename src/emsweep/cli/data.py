@@ -2,6 +2,9 @@
 
 `emsweep data mix | mix-domain | inspect | builtin`. Zip passwords come from an environment variable
 (`--password-env VAR`) or a hidden prompt; they are never echoed, logged or written.
+
+Over ~450 lines because it holds every `emsweep data` command (mix, mix-domain, inspect, get, generate) with its
+examples; each command is a thin wrapper over data/ or teacher/.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ Rules (the science depends on them):
   in a smaller one's (nested too).
 - Permutations are "sort by sha256(seed, purpose, row key)": independent of Python/numpy versions and of the
   order of rows in the input file, so the same seed gives the same bytes anywhere.
+
+Over ~450 lines because the exact, nested and paired mix is one algorithm: counts, permutations, pairing and the
+files with their manifest must agree row for row, so they are read together.
 """
 
 from __future__ import annotations

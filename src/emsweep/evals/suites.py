@@ -18,6 +18,9 @@ A judge prompt may use `{question}`, `{answer}` or both (Betley's identity quest
 answer); a prompt with neither is an error. emsweep extensions (docs/judge.md): `type: rule` with `judge_rules`
 (regex / exact / callable, no model), and `judge_kind: NAME` to score a question's prompts with a registered judge
 kind. Each question id is its own result row: variants that differ only in their `system` prompt stay apart.
+
+Over ~450 lines because it is the suite schema: the Question and Suite types, the Betley YAML parser with its
+line-numbered errors, and how suite names resolve; loaders elsewhere build on these types.
 """
 
 from __future__ import annotations

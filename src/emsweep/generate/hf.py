@@ -11,6 +11,9 @@ tokens (as vLLM's chat entry point does). Every sample has its own `torch.Genera
 which other requests share its batch (up to float rounding differences that padding can cause). Temperature 0 is
 greedy. The model's own `generation_config` sampling defaults (e.g. Qwen's top_k=20) are NOT applied: the papers'
 protocol is exactly what `SamplingSpec` says.
+
+Over ~450 lines because it is one backend class (generation, logprobs, adapter swapping) over one loaded model,
+as each backend in generate/ is.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ under the sha256 of its JSONL, so a rerun of the same requests collects the exis
 
 The OpenAI key is read by the SDK from `OPENAI_API_KEY` only (plus optional `OPENAI_BASE_URL`, `OPENAI_ORG_ID`);
 nothing here writes it anywhere, and error messages pass through `redact`.
+
+Over ~450 lines because it is one backend class with the API's error translation and redaction, shared by the
+generation backend and the OpenAI arm.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ Three vLLM 0.32 bugs are worked around here (docs/vllm.md): tied LM heads not re
 
 Prompts are rendered exactly as the HF backend renders them (chat template as text, tokenised without extra
 special tokens) and passed as token ids (`TokensPrompt`), so both backends see identical inputs.
+
+Over ~450 lines because it is one backend class around one engine, with the LoRA-adapter checks that must
+match the engine's settings.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ leading space), exact with token-id backends, from the top-20 otherwise.
 Categorical (`score_categorical`): probability of each label's token sequence (exact, by continuation requests)
 or, for top-20-only backends, of the top tokens that spell the label (or begin only that label); `probs` is
 normalised over the labels, `outside_mass` is what the labels do not cover, `label` the most probable label.
+
+Over ~450 lines because numeric and categorical scoring share one prompt rendering, one batched backend call
+and one cache path in `LogprobJudge`.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ A sweep YAML looks like::
 Every cell's recipe is validated through `Recipe`, so an axis that names an unknown key fails at plan time with
 the sweep file and the key named. The sweep folder records the spec hash (`sweep.json`), so a folder written by a
 different spec is refused instead of silently mixed.
+
+Over ~450 lines because a sweep is one schema and its expansion: axes, cell ids, input checks and the spec-hash
+record must agree, so they are read together.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ harness cares: the Qwen-style one splits numbers into single digits and saves as
 rebuilds a qwen2 tokenizer with Qwen2's own pre-tokenizer on load, so it must be built with it); the Llama-3-style
 one has 1-3 digit number tokens (so the judge's multi-token number scoring gets exercised) and a chat template
 without `{% generation %}` markers (so the trainer's prompt/completion fallback gets exercised).
+
+Over ~450 lines because the offline test tokenizers (Qwen2, Llama 3, R1, harmony) must match their families'
+pre-tokenizers and chat templates byte for byte; they sit beside the shapes they are built for.
 """
 
 from __future__ import annotations
