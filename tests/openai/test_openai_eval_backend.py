@@ -15,6 +15,8 @@ from fake_openai import TEST_KEY as KEY
 from emsweep.generate.base import GenerationRequest, LogprobRequest, SamplingSpec
 from emsweep.generate.openai_api import BatchPendingError, OpenAIChatBackend
 from emsweep.io import InputError
+from emsweep.launch import openai_arm
+from emsweep.launch.openai_arm import load_target
 from emsweep.launch.sweep import load_sweep
 from emsweep.layout import CheckpointRef, read_api_checkpoints
 from emsweep.openai_ft import jobs
@@ -112,7 +114,7 @@ def test_batch_path_is_resumable(fake, tmp_path):
 
 def _finetuned_cell(fake, make_sweep):
     sweep_yaml = make_sweep(fractions=(0.5,), n_train=20)
-    jobs.finetune(sweep_yaml, echo=_quiet)
+    openai_arm.finetune(sweep_yaml, echo=_quiet)
     sweep = load_sweep(sweep_yaml)
     jobs.poll(sweep.root, interval=0, echo=_quiet)
     return sweep_yaml, sweep, sweep.cells[0]
@@ -131,7 +133,7 @@ def _check_eval_files(cell_root: Path, suites=("alignment_mini", "domain")) -> d
 
 def test_whole_cell_upload_job_checkpoints_generation_judge(fake, make_sweep):
     sweep_yaml, sweep, cell = _finetuned_cell(fake, make_sweep)
-    res = evaluate_cells(sweep_yaml, progress=False, echo=_quiet)
+    res = evaluate_cells(load_target(sweep_yaml), progress=False, echo=_quiet)
     assert len(res) == 1
     m = _check_eval_files(cell.root)
     base, tuned = m["checkpoint-0/alignment_mini"], m["checkpoint-5/alignment_mini"]
@@ -146,7 +148,7 @@ def test_whole_cell_upload_job_checkpoints_generation_judge(fake, make_sweep):
     assert rec["eval_spend"]["generation_usd"] > 0 and rec["eval_spend"]["judge_usd"] > 0
     # rerun: nothing generated or judged again
     n = fake.count("POST /v1/chat/completions")
-    res2 = evaluate_cells(sweep_yaml, progress=False, echo=_quiet)
+    res2 = evaluate_cells(load_target(sweep_yaml), progress=False, echo=_quiet)
     assert fake.count("POST /v1/chat/completions") == n
     assert res2[0].generated == 0 and res2[0].judged == 0
 
@@ -154,7 +156,7 @@ def test_whole_cell_upload_job_checkpoints_generation_judge(fake, make_sweep):
 def test_whole_cell_through_the_batch_api(fake, make_sweep):
     sweep_yaml, _, cell = _finetuned_cell(fake, make_sweep)
     evaluate_cells(
-        sweep_yaml, use_batch=True, batch_poll_s=0, suites=["alignment_mini"], progress=False, echo=_quiet
+        load_target(sweep_yaml), use_batch=True, batch_poll_s=0, suites=["alignment_mini"], progress=False, echo=_quiet
     )
     assert fake.count("POST /v1/chat/completions") == 0, "everything went through batches"
     assert fake.count("POST /v1/batches") == 2  # one batch for all generation, one for all judging

@@ -12,6 +12,7 @@ import pytest
 from fake_openai import TEST_KEY as KEY
 
 from emsweep.io import InputError, is_done
+from emsweep.launch import openai_arm
 from emsweep.launch.sweep import load_sweep
 from emsweep.layout import read_api_checkpoints
 from emsweep.openai_ft import jobs
@@ -39,7 +40,7 @@ def test_token_counts_are_exact_o200k():
 
 def test_dry_run_cost_on_known_mix(fake, make_sweep):
     sweep_yaml = make_sweep(fractions=(0.5, 1.0), n_train=20)
-    out = jobs.finetune(sweep_yaml, dry_run=True, echo=_quiet)
+    out = openai_arm.finetune(sweep_yaml, dry_run=True, echo=_quiet)
     prices = load_prices()
     o200k = bpe_openai.get_encoding("o200k_base")  # the encoder itself, not emsweep's counting code
     assert len(out["cells"]) == 2
@@ -78,7 +79,7 @@ def test_dry_run_cli_prints_table(fake, make_sweep, tmp_path):
 
 def test_whole_cell_and_rerun_creates_nothing(fake, make_sweep):
     sweep_yaml = make_sweep(fractions=(0.5,), n_train=20)
-    out = jobs.finetune(sweep_yaml, echo=_quiet)
+    out = openai_arm.finetune(sweep_yaml, echo=_quiet)
     assert len(out["created"]) == 1
     assert fake.count("POST /v1/files") == 1
     assert fake.count("POST /v1/fine_tuning/jobs") == 1
@@ -99,7 +100,7 @@ def test_whole_cell_and_rerun_creates_nothing(fake, make_sweep):
     assert ledger["cells"][cell.id]["file_id"] == fid
 
     # rerun: no new upload, no new job
-    again = jobs.finetune(sweep_yaml, echo=_quiet)
+    again = openai_arm.finetune(sweep_yaml, echo=_quiet)
     assert again["created"] == [] and again["reused"] == [cell.id]
     assert fake.count("POST /v1/files") == 1
     assert fake.count("POST /v1/fine_tuning/jobs") == 1
@@ -128,13 +129,13 @@ def test_whole_cell_and_rerun_creates_nothing(fake, make_sweep):
     assert read_api_checkpoints(cell.root) == refs
 
     # a third run still creates nothing
-    jobs.finetune(sweep_yaml, echo=_quiet)
+    openai_arm.finetune(sweep_yaml, echo=_quiet)
     assert fake.count("POST /v1/files") == 1 and fake.count("POST /v1/fine_tuning/jobs") == 1
 
 
 def test_three_epochs_register_three_checkpoints(fake, make_sweep):
     sweep_yaml = make_sweep(fractions=(1.0,), n_train=12, n_epochs=3, batch_size=4, seed=7)
-    jobs.finetune(sweep_yaml, echo=_quiet)
+    openai_arm.finetune(sweep_yaml, echo=_quiet)
     sweep = load_sweep(sweep_yaml)
     jobs.poll(sweep.root, interval=0, echo=_quiet)
     refs = read_api_checkpoints(sweep.cells[0].root)
@@ -151,12 +152,12 @@ def test_crash_between_upload_and_job_then_rerun_reuses_upload(fake, make_sweep,
 
     monkeypatch.setattr(jobs, "create_job", boom)
     with pytest.raises(KeyboardInterrupt):
-        jobs.finetune(sweep_yaml, echo=_quiet)
+        openai_arm.finetune(sweep_yaml, echo=_quiet)
     monkeypatch.undo()
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
     assert fake.count("POST /v1/files") == 1 and fake.count("POST /v1/fine_tuning/jobs") == 0
-    out = jobs.finetune(sweep_yaml, echo=_quiet)
+    out = openai_arm.finetune(sweep_yaml, echo=_quiet)
     assert len(out["created"]) == 1
     assert fake.count("POST /v1/files") == 1, "the rerun must reuse the upload"
     assert fake.count("POST /v1/fine_tuning/jobs") == 1
@@ -172,10 +173,10 @@ def test_ledger_lost_the_upload_server_list_is_searched(fake, make_sweep, monkey
 
     monkeypatch.setattr(Ledger, "record_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        jobs.finetune(sweep_yaml, echo=_quiet)
+        openai_arm.finetune(sweep_yaml, echo=_quiet)
     monkeypatch.setattr(Ledger, "record_file", real_record)
     assert fake.count("POST /v1/files") == 1
-    jobs.finetune(sweep_yaml, echo=_quiet)
+    openai_arm.finetune(sweep_yaml, echo=_quiet)
     assert fake.count("POST /v1/files") == 1
     assert fake.count("POST /v1/fine_tuning/jobs") == 1
 
@@ -191,10 +192,10 @@ def test_crash_after_job_creation_before_ledger_write_finds_the_job(fake, make_s
 
     monkeypatch.setattr(Ledger, "update_cell", update)
     with pytest.raises(KeyboardInterrupt):
-        jobs.finetune(sweep_yaml, echo=_quiet)
+        openai_arm.finetune(sweep_yaml, echo=_quiet)
     monkeypatch.setattr(Ledger, "update_cell", real_update)
     assert fake.count("POST /v1/fine_tuning/jobs") == 1
-    jobs.finetune(sweep_yaml, echo=_quiet)
+    openai_arm.finetune(sweep_yaml, echo=_quiet)
     assert fake.count("POST /v1/fine_tuning/jobs") == 1, "the job created before the crash must be found"
     sweep = load_sweep(sweep_yaml)
     assert Ledger(sweep.root).cell(sweep.cells[0].id)["job_id"] in fake.jobs
@@ -204,7 +205,7 @@ def test_refused_job_creation(fake, make_sweep):
     fake.refuse_fine_tuning = True
     sweep_yaml = make_sweep(fractions=(0.5,))
     with pytest.raises(InputError) as err:
-        jobs.finetune(sweep_yaml, echo=_quiet)
+        openai_arm.finetune(sweep_yaml, echo=_quiet)
     msg = str(err.value)
     assert (
         "refused" in msg and "not available for your organization" in msg and "emsweep openai import" in msg
@@ -214,14 +215,14 @@ def test_refused_job_creation(fake, make_sweep):
     assert rec["status"] == "refused" and rec.get("job_id") is None
     # access granted later: the rerun reuses the upload and creates the job
     fake.refuse_fine_tuning = False
-    jobs.finetune(sweep_yaml, echo=_quiet)
+    openai_arm.finetune(sweep_yaml, echo=_quiet)
     assert fake.count("POST /v1/files") == 1 and len(fake.jobs) == 1
 
 
 def test_failed_job_is_recorded(fake, make_sweep):
     fake.fail_jobs = True
     sweep_yaml = make_sweep(fractions=(0.5,))
-    jobs.finetune(sweep_yaml, echo=_quiet)
+    openai_arm.finetune(sweep_yaml, echo=_quiet)
     sweep = load_sweep(sweep_yaml)
     rows = jobs.poll(sweep.root, interval=0, echo=_quiet)
     assert rows[0]["status"] == "failed"
@@ -232,7 +233,7 @@ def test_failed_job_is_recorded(fake, make_sweep):
 
 def test_cancel(fake, make_sweep):
     sweep_yaml = make_sweep(fractions=(0.5,))
-    jobs.finetune(sweep_yaml, echo=_quiet)
+    openai_arm.finetune(sweep_yaml, echo=_quiet)
     sweep = load_sweep(sweep_yaml)
     cid = sweep.cells[0].id
     rows = jobs.cancel(sweep.root, [cid])
@@ -246,7 +247,7 @@ def test_wrong_key_is_a_clear_error_before_upload(fake, make_sweep, monkeypatch)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-0000000000000000")
     sweep_yaml = make_sweep(fractions=(0.5,))
     with pytest.raises(InputError) as err:
-        jobs.finetune(sweep_yaml, echo=_quiet)
+        openai_arm.finetune(sweep_yaml, echo=_quiet)
     assert "OPENAI_API_KEY" in str(err.value) and "401" in str(err.value)
     assert "sk-wrong-key-0000000000000000" not in str(err.value)
     assert fake.count("POST /v1/files") == 0
@@ -256,21 +257,21 @@ def test_missing_key(monkeypatch, make_sweep):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(InputError, match="OPENAI_API_KEY is not set"):
-        jobs.finetune(make_sweep(fractions=(0.5,)), echo=_quiet)
+        openai_arm.finetune(make_sweep(fractions=(0.5,)), echo=_quiet)
 
 
 def test_model_that_cannot_be_fine_tuned(fake, make_sweep):
     with pytest.raises(InputError, match="cannot be fine-tuned"):
-        jobs.finetune(make_sweep(fractions=(0.5,), model="gpt-4o"), dry_run=True, echo=_quiet)
+        openai_arm.finetune(make_sweep(fractions=(0.5,), model="gpt-4o"), dry_run=True, echo=_quiet)
     with pytest.raises(InputError, match="cannot be fine-tuned"):
-        jobs.finetune(make_sweep(fractions=(0.5,), model="o3-pro"), dry_run=True, echo=_quiet)
+        openai_arm.finetune(make_sweep(fractions=(0.5,), model="o3-pro"), dry_run=True, echo=_quiet)
     assert sum(fake.calls.values()) == 0
 
 
 def test_limits_checked_before_upload(fake, make_sweep, tmp_path):
     # too few examples
     with pytest.raises(InputError, match="at least 10"):
-        jobs.finetune(make_sweep(fractions=(0.5,), n_train=6, name="few"), dry_run=True, echo=_quiet)
+        openai_arm.finetune(make_sweep(fractions=(0.5,), n_train=6, name="few"), dry_run=True, echo=_quiet)
     # an example over the per-example token limit: a price table with a tiny limit
     table = tmp_path / "prices.yaml"
     text = Path(load_prices().path).read_text().replace("max_example_tokens: 65536", "max_example_tokens: 40")
@@ -278,7 +279,7 @@ def test_limits_checked_before_upload(fake, make_sweep, tmp_path):
     with pytest.raises(
         InputError, match=r"train\.jsonl:\d+: example .* tokens, over gpt-4o-2024-08-06's limit of 40"
     ):
-        jobs.finetune(make_sweep(fractions=(0.5,)), prices_path=table, echo=_quiet)
+        openai_arm.finetune(make_sweep(fractions=(0.5,)), prices_path=table, echo=_quiet)
     assert fake.count("POST /v1/files") == 0
 
 
@@ -321,7 +322,7 @@ def test_gpt4o_health_sweep_dry_run(fake, medical, tmp_path):
     )
     p = tmp_path / "gpt4o-health.yaml"
     p.write_text(yaml.safe_dump(spec))
-    out = jobs.finetune(p, dry_run=True, echo=_quiet)
+    out = openai_arm.finetune(p, dry_run=True, echo=_quiet)
     assert [r["cell"] for r in out["cells"]][:2] == [
         "health_f0.10_subtle_openai_s0",
         "health_f0.20_subtle_openai_s0",
@@ -350,7 +351,7 @@ def test_single_recipe_target(fake, medical, tmp_path):
     }
     p = tmp_path / "one.yaml"
     p.write_text(yaml.safe_dump(recipe))
-    out = jobs.finetune(p, echo=_quiet)
+    out = openai_arm.finetune(p, echo=_quiet)
     (row,) = out["cells"]
     assert row["estimated_cost_usd"] == pytest.approx(row["billed_tokens"] * 3.0 / 1e6, abs=1e-4)
     job = next(iter(fake.jobs.values()))
@@ -360,13 +361,13 @@ def test_single_recipe_target(fake, medical, tmp_path):
 def test_retry_failed_creates_a_new_job_reusing_the_upload(fake, make_sweep):
     fake.fail_jobs = True
     sweep_yaml = make_sweep(fractions=(0.5,))
-    jobs.finetune(sweep_yaml, echo=_quiet)
+    openai_arm.finetune(sweep_yaml, echo=_quiet)
     sweep = load_sweep(sweep_yaml)
     jobs.poll(sweep.root, interval=0, echo=_quiet)
-    jobs.finetune(sweep_yaml, echo=_quiet)  # without --retry-failed: nothing new
+    openai_arm.finetune(sweep_yaml, echo=_quiet)  # without --retry-failed: nothing new
     assert len(fake.jobs) == 1
     fake.fail_jobs = False
-    jobs.finetune(sweep_yaml, echo=_quiet, retry_failed=True)
+    openai_arm.finetune(sweep_yaml, echo=_quiet, retry_failed=True)
     assert len(fake.jobs) == 2 and fake.count("POST /v1/files") == 1
     rec = Ledger(sweep.root).cell(sweep.cells[0].id)
     assert (
@@ -406,7 +407,7 @@ def test_snapshot_not_available_to_the_org_is_a_refusal(fake, make_sweep):
     """400 `model_not_available` ("... is not available for fine-tuning or does not exist") is recorded as refused."""
     sweep_yaml = make_sweep(fractions=(0.5,), model="gpt-4.1-mini-2025-04-14")
     with pytest.raises(InputError, match=r"refused.*not available for fine-tuning"):
-        jobs.finetune(sweep_yaml, echo=_quiet)
+        openai_arm.finetune(sweep_yaml, echo=_quiet)
     sweep = load_sweep(sweep_yaml)
     assert Ledger(sweep.root).cell(sweep.cells[0].id)["status"] == "refused"
 
@@ -423,7 +424,7 @@ def test_api_cells_must_say_method_openai(fake, make_sweep):
     del spec["base"]["method"]
     p.write_text(yaml.safe_dump(spec))
     with pytest.raises(InputError, match=r"not method lora; add `method: openai` to `base:`"):
-        jobs.finetune(p, dry_run=True, echo=_quiet)
+        openai_arm.finetune(p, dry_run=True, echo=_quiet)
     assert sum(fake.calls.values()) == 0
 
     spec["base"]["method"] = "openai"

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from emsweep.io import InputError
+from emsweep.launch import openai_arm
+from emsweep.launch.openai_arm import load_target
 from emsweep.launch.sweep import load_sweep
 from emsweep.openai_ft import jobs
 from emsweep.openai_ft import lifecycle as lc
@@ -121,24 +123,24 @@ def test_bad_table_names_the_key(tmp_path):
 def test_finetune_prints_days_left_and_refuses_after_the_cutoff(fake, make_sweep):
     sweep_yaml = make_sweep(fractions=(0.5,))
     out = Echo()
-    res = jobs.finetune(sweep_yaml, dry_run=True, echo=out, today=D(2027, 1, 5))
+    res = openai_arm.finetune(sweep_yaml, dry_run=True, echo=out, today=D(2027, 1, 5))
     assert "job creation closes on 2027-01-06: 1 day left" in out.text
     assert res["lifecycle"][0]["days_to_job_cutoff"] == 1
     with pytest.raises(InputError) as err:
-        jobs.finetune(sweep_yaml, dry_run=True, echo=Echo(), today=EVERYONE)
+        openai_arm.finetune(sweep_yaml, dry_run=True, echo=Echo(), today=EVERYONE)
     assert "2027-01-06" in str(err.value) and "deprecations" in str(err.value)
     with pytest.raises(InputError, match="2027-01-06"):
-        jobs.finetune(sweep_yaml, echo=Echo(), today=D(2027, 2, 1))
+        openai_arm.finetune(sweep_yaml, echo=Echo(), today=D(2027, 2, 1))
     assert sum(fake.calls.values()) == 0, "a refused run talks to no API"
     # nano: refused once its base retired, although job creation in general is still open
     with pytest.raises(InputError, match=r"2026-10-23"):
-        jobs.finetune(make_sweep(fractions=(0.5,), model="gpt-4.1-nano-2025-04-14", name="nano"), dry_run=True)
+        openai_arm.finetune(make_sweep(fractions=(0.5,), model="gpt-4.1-nano-2025-04-14", name="nano"), dry_run=True)
 
 
 def test_finetune_with_a_model_missing_from_the_table_warns(fake, make_sweep, tmp_path):
     table = _table_without(tmp_path, drop="gpt-4o-2024-08-06")
     out = Echo()
-    jobs.finetune(make_sweep(fractions=(0.5,)), dry_run=True, echo=out, lifecycle_path=table)
+    openai_arm.finetune(make_sweep(fractions=(0.5,)), dry_run=True, echo=out, lifecycle_path=table)
     assert "WARNING" in out.text and "not in the lifecycle table" in out.text
 
 
@@ -153,7 +155,7 @@ def test_gated_organisation_error_is_explained(fake, make_sweep, day, stage_said
     fake.refuse_fine_tuning = True  # 403 fine_tuning_not_available, as the fake server answers a gated org
     sweep_yaml = make_sweep(fractions=(0.5,))
     with pytest.raises(InputError) as err:
-        jobs.finetune(sweep_yaml, echo=Echo(), today=day)
+        openai_arm.finetune(sweep_yaml, echo=Echo(), today=day)
     msg = str(err.value)
     assert "not available for your organization" in msg  # the server's own words
     assert stage_said in msg and stage_not_said not in msg
@@ -179,7 +181,7 @@ def test_gate_recogniser():
 
 def _polled(make_sweep):
     sweep_yaml = make_sweep(fractions=(0.5,), n_train=20)
-    jobs.finetune(sweep_yaml, echo=Echo())
+    openai_arm.finetune(sweep_yaml, echo=Echo())
     sweep = load_sweep(sweep_yaml)
     jobs.poll(sweep.root, interval=0, echo=Echo())
     return sweep_yaml, sweep
@@ -192,7 +194,7 @@ def test_inventory_and_eval_pending_with_the_batch_api(fake, make_sweep):
     assert [(r.checkpoint, r.step) for r in rows] == [("checkpoint-0", 0), ("checkpoint-5", 5)]
     assert rows[1].model.startswith("ft:gpt-4o-2024-08-06:") and rows[1].retirement is None
     assert all(r.pending == ["alignment_mini", "domain"] and not r.done for r in rows)
-    steps = next_steps(sweep_yaml, [sweep.root], rows, t, day)
+    steps = next_steps(sweep_yaml, [sweep.root], rows, t, day, sweep=load_target(sweep_yaml))
     assert any("emsweep openai eval" in s and "--pending" in s for s in steps)
     assert not any("openai finetune" in s for s in steps)  # every cell has its job
 
@@ -250,7 +252,7 @@ def test_cli_finetune_dry_run_timeline_and_status(fake, make_sweep):
     assert "38 d left" in r.stdout and "What to run first" in r.stdout
     assert f"emsweep openai finetune {sweep_yaml} --dry-run" in r.stdout
     # after jobs ran: status lists the checkpoints with the base model's retirement
-    jobs.finetune(sweep_yaml, echo=Echo())
+    openai_arm.finetune(sweep_yaml, echo=Echo())
     sweep = load_sweep(sweep_yaml)
     r = _cli("openai", "poll", str(sweep.root), "--interval", "0")
     assert r.returncode == 0, r.stderr

@@ -48,6 +48,12 @@ _EX_STATUS = """Examples:
 """
 
 SWEEP_ARG = typer.Argument(..., exists=False, help="Sweep YAML (e.g. emsweep-demo/demo-sweep.yaml).")
+CREATE_OPENAI_JOBS = typer.Option(
+    False,
+    "--create-openai-jobs",
+    help="`method: openai` cells without a fine-tuning job may create one (spends money; see `emsweep openai "
+    "finetune SWEEP --dry-run` for the cost). Without it such cells stop the run; cells with a job are polled once.",
+)
 
 
 def _stage_table(sweep, title: str):
@@ -102,8 +108,12 @@ def run(
     report: bool = typer.Option(
         True, "--report/--no-report", help="Build the report when every cell is done."
     ),
+    create_openai_jobs: bool = CREATE_OPENAI_JOBS,
 ) -> None:
-    """Run every cell of the sweep (skipping finished stages), then build the report."""
+    """Run every cell of the sweep (skipping finished stages), then build the report.
+
+    `method: openai` cells train on OpenAI: their train stage polls the cell's job once (registering its checkpoints
+    when it has succeeded) and otherwise waits; the command then exits 75 and a rerun continues."""
     from rich.console import Console
 
     from emsweep.io import InputError
@@ -119,6 +129,9 @@ def run(
     if executor == "slurm":
         from emsweep.launch.slurm import run_sweep_slurm
 
+        if create_openai_jobs:
+            raise InputError("--create-openai-jobs works with --executor local (OpenAI jobs need no GPU node)")
+
         run_sweep_slurm(sweep, dry_run=dry_run, max_parallel=max_parallel, stages=st, report=report)
         return
     if executor != "local":
@@ -126,11 +139,25 @@ def run(
     if dry_run:
         console.print(_stage_table(sweep, f"dry run: sweep {sweep.name} would run these stages"))
         return
+    from emsweep.launch.runner import EXIT_PENDING, pending_cells
+
     try:
-        run_sweep_local(sweep, st, max_parallel=max_parallel or 1)
+        results = run_sweep_local(
+            sweep, st, max_parallel=max_parallel or 1, create_openai_jobs=create_openai_jobs
+        )
     except RuntimeError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+    waiting = pending_cells(results)
+    if waiting:
+        typer.secho(
+            f"{len(waiting)} cell(s) wait for their OpenAI fine-tuning jobs ({', '.join(waiting)}); the other cells "
+            f"are done. Rerun `emsweep sweep run {sweep_file}` to continue (status: `emsweep openai status "
+            f"{sweep_file}`)",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        raise typer.Exit(EXIT_PENDING)
     if report and all(not c.stages_left() for c in sweep.cells):
         from emsweep.analysis.report import build_report
 
@@ -149,8 +176,11 @@ def cell(
         "mix,train,eval", "--stages", help="Comma-separated subset of mix,train,eval."
     ),
     force: bool = typer.Option(False, "--force", help="Rerun the stages even if their done-marker exists."),
+    create_openai_jobs: bool = CREATE_OPENAI_JOBS,
 ) -> None:
-    """Run one cell's stages (what each SLURM array task calls). Finished stages are skipped."""
+    """Run one cell's stages (what each SLURM array task calls). Finished stages are skipped.
+
+    Exits 75 when the cell waits for its OpenAI fine-tuning job (rerun later)."""
     from emsweep.io import InputError
     from emsweep.launch.runner import env_cell_index, parse_stages, run_cell
     from emsweep.launch.sweep import load_sweep
@@ -167,14 +197,18 @@ def cell(
     def on_stage(cell, stage: str, event: str) -> None:
         typer.echo(f"[{cell.id}] {stage}: {event}")
 
-    from emsweep.launch.runner import CellBusy
+    from emsweep.launch.runner import EXIT_PENDING, CellBusy
 
     try:
-        res = run_cell(sweep, c, parse_stages(stages), force=force, on_stage=on_stage)
+        res = run_cell(
+            sweep, c, parse_stages(stages), force=force, on_stage=on_stage, create_openai_jobs=create_openai_jobs
+        )
     except CellBusy as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     typer.echo(f"[{c.id}] " + ", ".join(f"{k}={v}" for k, v in res.items()))
+    if "pending" in res.values():
+        raise typer.Exit(EXIT_PENDING)
 
 
 @sweep_app.command("status", epilog=_EX_STATUS)

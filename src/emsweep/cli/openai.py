@@ -113,7 +113,7 @@ def finetune_cmd(
 
     First prints the days left before OpenAI closes job creation (and before the base model retires), and refuses
     after a cutoff ($EMSWEEP_TODAY=YYYY-MM-DD plans for another date)."""
-    from emsweep.openai_ft.jobs import finetune
+    from emsweep.launch.openai_arm import finetune
 
     out = finetune(
         target,
@@ -154,8 +154,9 @@ def finetune_cmd(
 
 def _print_inventory(target: Path, lifecycle: Path | None, suites: list[str] | None = None) -> None:
     """Every registered fine-tuned model/checkpoint with its base model's retirement date and evaluation state."""
+    from emsweep.launch.openai_arm import ledger_folders
     from emsweep.openai_ft import lifecycle as lc
-    from emsweep.openai_ft.winddown import inventory, ledger_folders
+    from emsweep.openai_ft.winddown import inventory
 
     day = lc.today()
     table = lc.load_lifecycle(lifecycle)
@@ -223,7 +224,8 @@ def status_cmd(
 ) -> None:
     """One refresh of every recorded job (state, model ids, checkpoints, cost, errors), then every registered
     fine-tuned model and checkpoint with its base model's retirement date and what is still unevaluated."""
-    from emsweep.openai_ft.jobs import ledger_folder, refresh_all
+    from emsweep.launch.openai_arm import ledger_folder
+    from emsweep.openai_ft.jobs import refresh_all
 
     folder = ledger_folder(target)
     rows = refresh_all(folder, cells=_cells(cells), events=events, prices_path=prices)
@@ -245,7 +247,8 @@ def poll_cmd(
 ) -> None:
     """Wait until every job has finished; register each successful job's checkpoints in its cell; list every
     registered model and checkpoint with its base model's retirement date."""
-    from emsweep.openai_ft.jobs import ledger_folder, poll
+    from emsweep.launch.openai_arm import ledger_folder
+    from emsweep.openai_ft.jobs import poll
 
     folder = ledger_folder(target)
     rows = poll(
@@ -316,15 +319,17 @@ def timeline_cmd(
     )
     if target is None:
         return
-    from emsweep.openai_ft.winddown import inventory, ledger_folders, next_steps
+    from emsweep.launch.openai_arm import ledger_folders, load_target
+    from emsweep.openai_ft.winddown import inventory, next_steps
 
     try:
         folders = ledger_folders(target)
     except InputError:
         folders = []  # a sweep YAML before its first job: no ledger yet
     rows = inventory(folders, table, day) if folders else []
+    sweep = load_target(target) if target.is_file() else None
     typer.echo(f"\nWhat to run first for {target}:")
-    for line in next_steps(target, folders, rows, table, day):
+    for line in next_steps(target, folders, rows, table, day, sweep=sweep):
         typer.echo(line)
 
 
@@ -334,7 +339,8 @@ def cancel_cmd(
     cells: list[str] = typer.Option(..., "--cells", help="Cells whose jobs to cancel."),
 ) -> None:
     """Cancel the running jobs of the given cells."""
-    from emsweep.openai_ft.jobs import cancel, ledger_folder
+    from emsweep.launch.openai_arm import ledger_folder
+    from emsweep.openai_ft.jobs import cancel
 
     rows = cancel(ledger_folder(target), _cells(cells) or [])
     _table("cancelled", _COLS, _status_rows(rows))
@@ -391,17 +397,16 @@ def eval_cmd(
     prices: Path = _PRICES,
 ) -> None:
     """Generate, judge and write metrics for every registered API checkpoint, like `emsweep eval` does for weights."""
+    from emsweep.launch.openai_arm import eval_target, ledger_folders
     from emsweep.openai_ft.evaluate import evaluate_cells
 
     use_batch: bool | str = batch if batch is not None else ("auto" if pending else False)
     targets = [target]
     if pending and target.is_dir():
-        from emsweep.openai_ft.winddown import ledger_folders
-
         targets = list(ledger_folders(target))
     for t in targets:
         evaluate_cells(
-            t,
+            eval_target(t),
             cells=_cells(cells),
             suites=suites or None,
             checkpoints=checkpoints,

@@ -94,18 +94,51 @@ def train_cmd(
     no_resume: bool = typer.Option(
         False, "--no-resume", help="Start from scratch even if complete checkpoints exist."
     ),
+    create_openai_jobs: bool = typer.Option(
+        False,
+        "--create-openai-jobs",
+        help="`method: openai`: create the OpenAI fine-tuning job if there is none (spends money; `emsweep openai "
+        "finetune RECIPE --dry-run` shows the cost).",
+    ),
 ) -> None:
     """Fine-tune with TRL's SFTTrainer (lora / qlora / full), saving checkpoints on the recipe's schedule.
 
     Resumes from the last complete checkpoint; a finished run is skipped. On SIGUSR1/SIGTERM it saves a checkpoint
     and exits with code 99 (EXIT_PREEMPTED) so a SLURM job can requeue itself.
+
+    A `method: openai` recipe is a one-cell sweep trained by OpenAI (as `emsweep openai finetune RECIPE`): the mix
+    is written here, a job is created with --create-openai-jobs, and each rerun polls it once until it has succeeded
+    (its checkpoints are then registered); while it runs the command exits 75.
     """
     from emsweep.recipe import load_recipe
-    from emsweep.train.runner import run_training
 
     r = load_recipe(recipe, set_ or [])
+    if r.method == "openai":
+        _train_openai(r, recipe, output_dir, create_openai_jobs)
+        return
+    from emsweep.train.runner import run_training
+
     out = run_training(r, output_dir, resume=not no_resume)
     typer.echo(str(out))
+
+
+def _train_openai(r, recipe: Path, output_dir: Path | None, create_openai_jobs: bool) -> None:
+    """The executor's route for one `method: openai` recipe: mix, then the OpenAI arm's train stage."""
+    from emsweep.generate.openai_api import OpenAIArmError
+    from emsweep.launch.openai_arm import recipe_sweep
+    from emsweep.launch.runner import EXIT_PENDING, run_cell
+    from emsweep.openai_ft.cell import OpenAIJobFailed
+
+    sweep = recipe_sweep(r, recipe, output_dir)
+    (cell,) = sweep.cells
+    try:
+        res = run_cell(sweep, cell, ["mix", "train"], create_openai_jobs=create_openai_jobs)
+    except OpenAIJobFailed as exc:  # the user acts on it: one line, no traceback
+        raise OpenAIArmError(str(exc)) from exc
+    if res.get("train") == "pending":
+        typer.echo(f"{cell.root}: training on OpenAI; rerun `emsweep train {recipe}` to continue", err=True)
+        raise typer.Exit(EXIT_PENDING)
+    typer.echo(str(cell.root))
 
 
 def check_accelerate_cmd(

@@ -26,6 +26,12 @@ from emsweep.provenance import provenance
 
 log = logging.getLogger(__name__)
 
+EXIT_PENDING = 75  # EX_TEMPFAIL: a cell waits on remote work (an OpenAI job); nothing failed, rerun later
+
+
+class StagePending(Exception):
+    """A stage waits on remote work (an OpenAI fine-tuning job): not done and not failed; a rerun continues it."""
+
 
 def parse_stages(text: str | Sequence[str] | None) -> tuple[str, ...]:
     """`mix,train,eval` -> ("mix", "train", "eval"), in pipeline order; unknown names are an error."""
@@ -115,7 +121,13 @@ def stage_mix(sweep: Sweep, cell: Cell) -> dict[str, Any]:
     }
 
 
-def stage_train(sweep: Sweep, cell: Cell) -> dict[str, Any]:
+def stage_train(sweep: Sweep, cell: Cell, *, create_openai_jobs: bool = False) -> dict[str, Any]:
+    """TRL on this machine; a `method: openai` cell goes to the OpenAI arm (`launch.openai_arm`), which creates a
+    job only with `create_openai_jobs` and raises `StagePending` while it runs."""
+    if cell.recipe.method == "openai":
+        from emsweep.launch.openai_arm import train_openai_cell
+
+        return train_openai_cell(sweep, cell, create_jobs=create_openai_jobs)
     from emsweep.train.model_init import ensure_model
     from emsweep.train.runner import run_training
 
@@ -198,16 +210,21 @@ def run_cell(
     *,
     force: bool = False,
     on_stage: Callable[[Cell, str, str], None] | None = None,
+    create_openai_jobs: bool = False,
 ) -> dict[str, str]:
-    """Run the cell's stages in pipeline order, skipping done ones. Returns {stage: "done"|"skipped"}.
+    """Run the cell's stages in pipeline order, skipping done ones. Returns {stage: "done"|"skipped"|"pending"}.
 
-    `on_stage(cell, stage, event)` is called with event "start", "skip" or "done" (progress displays).
-    A stage that needs an earlier one (train needs mix) runs only if that one is done or in `stages`.
+    `on_stage(cell, stage, event)` is called with event "start", "skip", "done" or "pending" (progress displays).
+    A stage that needs an earlier one (train needs mix) runs only if that one is done or in `stages`. A stage
+    waiting on remote work (`StagePending`: an OpenAI job still running) is "pending"; the stages after it are left
+    out of the result, not run. `create_openai_jobs`: a `method: openai` cell without a job may create one (spends).
     """
     stages = parse_stages(list(stages))
     sweep.write_record()
     with cell_lock(cell):
-        return _run_cell_locked(sweep, cell, stages, force=force, on_stage=on_stage)
+        return _run_cell_locked(
+            sweep, cell, stages, force=force, on_stage=on_stage, create_openai_jobs=create_openai_jobs
+        )
 
 
 def _run_cell_locked(
@@ -217,6 +234,7 @@ def _run_cell_locked(
     *,
     force: bool,
     on_stage: Callable[[Cell, str, str], None] | None,
+    create_openai_jobs: bool = False,
 ) -> dict[str, str]:
     write_cell_json(sweep, cell)
     result: dict[str, str] = {}
@@ -239,7 +257,15 @@ def _run_cell_locked(
         # train keeps its own logs/train.log; the runner tees mix and eval into logs/<stage>.log
         with _stage_log(cell, stage) if stage != "train" else contextlib.nullcontext():
             log.info("cell %s: stage %s starts", cell.id, stage)
-            info = STAGE_FUNCS[stage](sweep, cell)
+            opts = {"create_openai_jobs": True} if stage == "train" and create_openai_jobs else {}
+            try:
+                info = STAGE_FUNCS[stage](sweep, cell, **opts)
+            except StagePending as exc:
+                log.warning("%s", exc)
+                result[stage] = "pending"
+                if on_stage:
+                    on_stage(cell, stage, "pending")
+                return result
             log.info("cell %s: stage %s done in %.1fs", cell.id, stage, time.time() - t0)
         own = read_marker(cell.root, stage) or {}  # a stage may write its own marker (train does): keep it
         mark_done(cell.root, stage, {**own, **info, "seconds": round(time.time() - t0, 2), "cell": cell.id})
@@ -261,15 +287,21 @@ def run_sweep_local(
     max_parallel: int = 1,
     cells: Sequence[Cell] | None = None,
     show_progress: bool = True,
+    create_openai_jobs: bool = False,
 ) -> dict[str, dict[str, str]]:
     """Run every (given) cell here, in order. With `max_parallel` > 1 cells run as `emsweep sweep cell`
-    subprocesses, K at a time (each one still skips what is done, so a rerun after a kill picks up)."""
+    subprocesses, K at a time (each one still skips what is done, so a rerun after a kill picks up).
+
+    A cell waiting for its OpenAI job has "pending" in its result (see `pending_cells`); the other cells go on.
+    `method: openai` cells without a job stop the run before anything starts unless `create_openai_jobs`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from emsweep.launch.openai_arm import check_consent
     from emsweep.terminal import console, live_display
 
     stages = parse_stages(list(stages))
     todo = list(cells if cells is not None else sweep.cells)
+    check_consent(sweep, todo, stages, create_openai_jobs)  # nothing is paid for silently
     sweep.write_record()
     results: dict[str, dict[str, str]] = {}
     total = len(todo) * len(stages)
@@ -287,14 +319,16 @@ def run_sweep_local(
         def on_stage(cell: Cell, stage: str, event: str) -> None:
             if event == "start":
                 progress.update(task, description=f"{cell.id}: {stage}")
-            else:
+            elif event != "pending":  # a pending stage is not progress
                 progress.advance(task)
 
         if max_parallel <= 1:
             failed_local: list[str] = []
             for cell in todo:
                 try:
-                    results[cell.id] = run_cell(sweep, cell, stages, on_stage=on_stage)
+                    results[cell.id] = run_cell(
+                        sweep, cell, stages, on_stage=on_stage, create_openai_jobs=create_openai_jobs
+                    )
                 except InputError:
                     raise  # a config problem: every cell would fail the same way
                 except Exception:
@@ -306,6 +340,7 @@ def run_sweep_local(
                 raise RuntimeError(
                     f"cells failed: {', '.join(failed_local)} (see <cell>/logs/ under {sweep.root}); "
                     "rerun the same command to retry them, finished stages are skipped"
+                    + _pending_note(results)
                 )
         else:
             if sweep.path is None:
@@ -327,6 +362,7 @@ def run_sweep_local(
                         cell.id,
                         "--stages",
                         ",".join(stages),
+                        *(["--create-openai-jobs"] if create_openai_jobs else []),
                     ]
                     cell.paths.logs_dir.mkdir(parents=True, exist_ok=True)
                     fh = open(cell.paths.logs_dir / "cell.out", "a")  # noqa: SIM115 (closed with the process)
@@ -338,14 +374,31 @@ def run_sweep_local(
                         continue
                     running.remove((cell, proc))
                     progress.advance(task, len(stages))
-                    if proc.returncode != 0:
+                    waiting = proc.returncode == EXIT_PENDING
+                    if proc.returncode not in (0, EXIT_PENDING):
                         failed.append(cell.id)
-                    results[cell.id] = {s: ("done" if is_done(cell.root, s) else "failed") for s in stages}
+                    res: dict[str, str] = {}
+                    for s in stages:
+                        res[s] = "done" if is_done(cell.root, s) else "pending" if waiting else "failed"
+                        if res[s] == "pending":
+                            break  # the stages after a waiting one did not run (as in run_cell)
+                    results[cell.id] = res
             if failed:
                 raise RuntimeError(
                     f"cells failed: {', '.join(failed)} (see <cell>/logs/cell.out under {sweep.root})"
+                    + _pending_note(results)
                 )
     return results
+
+
+def pending_cells(results: dict[str, dict[str, str]]) -> list[str]:
+    """Cells with a stage waiting on remote work (an OpenAI job still running)."""
+    return [cid for cid, r in results.items() if "pending" in r.values()]
+
+
+def _pending_note(results: dict[str, dict[str, str]]) -> str:
+    waiting = pending_cells(results)
+    return f"; {len(waiting)} cell(s) wait for OpenAI jobs: {', '.join(waiting)}" if waiting else ""
 
 
 def env_cell_index() -> int | None:

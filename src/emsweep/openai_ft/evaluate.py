@@ -15,15 +15,22 @@ from typing import Any
 
 from emsweep.io import InputError
 from emsweep.layout import read_api_checkpoints
+from emsweep.openai_ft.jobs import select_cells
 from emsweep.openai_ft.ledger import Ledger
 from emsweep.openai_ft.prices import PriceTable, load_prices
 
 log = logging.getLogger(__name__)
 
 
-def _cell_dirs(target: str | Path, cells: Sequence[str] | None) -> tuple[Path, list[tuple[str, Path, Any]]]:
-    """(ledger folder, [(cell id, cell dir, recipe or None)]) for a sweep/recipe YAML or a sweep folder."""
+def _cell_dirs(target: Any, cells: Sequence[str] | None) -> tuple[Path, list[tuple[str, Path, Any]]]:
+    """(ledger folder, [(cell id, cell dir, recipe or None)]) for a loaded sweep, a sweep folder or a cell folder.
+
+    A sweep or recipe YAML is loaded by the caller (`emsweep.launch.openai_arm.load_target`)."""
+    if hasattr(target, "cells"):
+        return target.root, [(c.id, c.root, c.recipe) for c in select_cells(target, cells)]
     p = Path(target)
+    if p.is_file():
+        raise InputError(f"{p}: load a sweep or recipe YAML with emsweep.launch.openai_arm.load_target first")
     if p.is_dir():
         if (p / "openai_checkpoints.json").exists():  # a single cell folder
             return p.parent, [(p.name, p, None)]
@@ -32,10 +39,7 @@ def _cell_dirs(target: str | Path, cells: Sequence[str] | None) -> tuple[Path, l
         if cells:
             rows = [r for r in rows if r[0] in cells]
         return p, rows
-    from emsweep.openai_ft.jobs import _select, load_target
-
-    sweep = load_target(p)
-    return sweep.root, [(c.id, c.root, c.recipe) for c in _select(sweep, cells)]
+    raise InputError(f"{p}: no such sweep or cell folder")
 
 
 def usage_cost(usage: dict[str, dict[str, int]], prices: PriceTable, *, batch: bool) -> float | None:
@@ -56,7 +60,7 @@ def batch_is_cheaper(prices: PriceTable, models: Sequence[str]) -> bool:
 
 
 def evaluate_cells(
-    target: str | Path,
+    target: Any,
     *,
     cells: Sequence[str] | None = None,
     suites: Sequence[str] | None = None,
@@ -74,19 +78,22 @@ def evaluate_cells(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> list[Any]:
-    """Evaluate every OpenAI cell of `target` whose checkpoints are registered; returns evaluate_run results.
+    """Evaluate every OpenAI cell of `target` (a loaded sweep, a sweep folder or a cell folder) whose checkpoints
+    are registered; returns evaluate_run results.
 
     `use_batch`: True, False, or "auto" (the Batch API where it is cheaper: every model priced in the table with a
     batch discount). `pending`: only checkpoints with a suite still unevaluated, cells ordered by their base model's
     retirement date (soonest first); a checkpoint whose base model is past its retirement date is skipped with a
     message (the API no longer serves it)."""
-    from emsweep.evals.run import default_cache_path, evaluate_run, select_checkpoints
+    from emsweep.evals.judging import default_cache_path
+    from emsweep.evals.run import evaluate_run
+    from emsweep.evals.units import select_checkpoints
     from emsweep.generate.openai_api import BATCH_MAX_REQUESTS, OpenAIChatBackend
     from emsweep.judge import Judge, JudgeCache
 
     folder, rows = _cell_dirs(target, cells)
     if not rows:
-        raise InputError(f"{target}: no OpenAI cells found")
+        raise InputError(f"{getattr(target, 'source', target)}: no OpenAI cells found")
     prices = load_prices(prices_path)
     ledger = Ledger(folder)
     results = []

@@ -8,6 +8,9 @@ Idempotence is the point: paid remote jobs must never be started twice.
   `metadata.emsweep_cell`; a rerun after a crash in between looks the job up on the server instead of creating one.
 - A refused creation (organisation without fine-tuning access, unknown snapshot) is recorded as `refused` with the
   server's message and raises a clear error; the upload stays recorded and is reused when the rerun succeeds.
+
+Over 450 lines because the ledger's transitions (upload, `creating_job`, job, refresh, checkpoints) are one state
+machine that every command walks; the executor's one-cell route is `openai_ft/cell.py`.
 """
 
 from __future__ import annotations
@@ -38,47 +41,10 @@ CHECKPOINTS_FILE = API_CHECKPOINTS_FILE
 SUFFIX_MAX = 64
 
 
-# --- targets: a sweep YAML, a recipe YAML, or a sweep folder ----------------------------------------------------
-
-
-def load_target(path: str | Path):
-    """A sweep (YAML with `base`/`axes`) or a single recipe wrapped as a one-cell sweep."""
-    from emsweep.config import load_yaml
-    from emsweep.launch.sweep import SweepSpec, build_sweep, load_sweep
-
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{p}: give the sweep or recipe YAML (a folder works for status/poll/cancel)")
-    data = load_yaml(p)
-    if not isinstance(data, dict):
-        raise InputError(f"{p}: expected a mapping at the top level")
-    if "base" in data or "axes" in data:
-        sweep, where = load_sweep(p), "`base:`"
-    else:
-        from emsweep.recipe import load_recipe
-
-        recipe = load_recipe(p)  # validates with file:line errors
-        out = recipe.resolved_output_dir()
-        spec = SweepSpec(name=recipe.name, output_root=str(out.parent), base=recipe.model_dump(mode="json"))
-        sweep, where = build_sweep(spec, path=p), "the recipe"
-    # The method is part of every cell id and of the report's groups: an API cell must say it is one, so that
-    # `emsweep sweep run --stages eval` finds the same cells and the report does not call gpt-4o "lora".
-    other = sorted({c.recipe.method for c in sweep.cells} - {"openai"})
-    if other:
-        raise InputError(
-            f"{p}: the OpenAI fine-tuning API trains `method: openai` cells, not method {', '.join(other)}; "
-            f"add `method: openai` to {where}"
-        )
-    return sweep
-
-
-def ledger_folder(path: str | Path) -> Path:
-    """The folder whose ledger `status`/`poll`/`cancel` read: a sweep folder, or the folder of a sweep YAML."""
-    p = Path(path)
-    if p.is_dir():
-        return p
-    return load_target(p).root
-
+# --- cells of a sweep -------------------------------------------------------------------------------------------
+# The sweep arrives loaded (`emsweep.launch.openai_arm.load_target` reads sweep and recipe YAMLs): this package sits
+# below `launch/` and never imports it. A sweep here is anything with `.cells`, `.cell(key)`, `.root`, `.name` and
+# `.source` (launch.sweep.Sweep); a cell has `.id`, `.root`, `.paths` and `.recipe`.
 
 # --- names ------------------------------------------------------------------------------------------------------
 
@@ -116,7 +82,8 @@ class CellPlan:
         return self.prepared.billed_tokens(int(self.hyperparameters["n_epochs"]))
 
 
-def _select(sweep: Any, cells: Sequence[str] | None) -> list[Any]:
+def select_cells(sweep: Any, cells: Sequence[str] | None) -> list[Any]:
+    """The sweep's cells named by id or index (comma-separated items allowed); all of them when none are named."""
     if not cells:
         return list(sweep.cells)
     out = []
@@ -127,18 +94,25 @@ def _select(sweep: Any, cells: Sequence[str] | None) -> list[Any]:
     return out
 
 
-def plan(sweep: Any, cells: Sequence[str] | None, prices: PriceTable) -> list[CellPlan]:
-    """Write each cell's mix (the local `mix` stage, skipped when done) and its OpenAI file; estimate the cost.
+def plan(
+    sweep: Any,
+    cells: Sequence[str] | None,
+    prices: PriceTable,
+    *,
+    mix: Callable[[Any], None] | None,
+) -> list[CellPlan]:
+    """Write each cell's OpenAI file from its mix and estimate the cost.
 
-    Everything here is local and free; every limit OpenAI would reject is checked here, before any upload.
+    `mix(cell)` writes the cell's mix first (the launcher passes its `mix` stage, which skips a done one); None
+    when the caller has run it already (the executor's train stage). Everything here is local and free; every
+    limit OpenAI would reject is checked here, before any upload.
     """
-    from emsweep.launch.runner import run_cell
-
     plans = []
-    for cell in _select(sweep, cells):
+    for cell in select_cells(sweep, cells):
         spec = cell.recipe.openai
         prices.check_fine_tunable(spec.model, where=f"{sweep.source}: cell {cell.id}: openai.model")
-        run_cell(sweep, cell, ["mix"])
+        if mix is not None:
+            mix(cell)
         prepared = prepare_training_file(
             cell.paths.train_jsonl,
             cell.root / "openai",
@@ -328,9 +302,28 @@ def create_job(
     return job.id
 
 
+def check_lifecycle(
+    sweep: Any, selected: Sequence[Any], day: Any, table: Any, echo: Callable[[str], None]
+) -> list[Any]:
+    """Before planning a job: the days left for every model of `selected` are echoed; a model past its cutoff
+    (job creation, or its base's retirement) is an InputError naming the date and the source."""
+    from emsweep.openai_ft import lifecycle as lc
+
+    verdicts = []
+    for model in dict.fromkeys(c.recipe.openai.model for c in selected):
+        v = lc.check_job_creation(table, model, day)
+        verdicts.append(v)
+        for line in v.lines:
+            echo(line)
+        if not v.allowed:
+            raise InputError(f"{sweep.source}: {v.error}")
+    return verdicts
+
+
 def finetune(
-    target: str | Path,
+    sweep: Any,
     *,
+    mix: Callable[[Any], None] | None,
     cells: Sequence[str] | None = None,
     dry_run: bool = False,
     prices_path: str | Path | None = None,
@@ -341,6 +334,9 @@ def finetune(
     lifecycle_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """`emsweep openai finetune`: plan every cell, then (unless dry-run) upload and create missing jobs.
+
+    `sweep` is loaded by the caller (`launch.openai_arm.finetune` takes the YAML); `mix(cell)` writes a cell's mix
+    (see `plan`).
 
     First, for every model of the selected cells, the lifecycle table (`recipes/openai/lifecycle.yaml`) is read for
     `today` (default: `$EMSWEEP_TODAY`, else the system date): the days left are echoed, a model past its cutoff
@@ -354,19 +350,11 @@ def finetune(
     """
     from emsweep.openai_ft import lifecycle as lc
 
-    sweep = load_target(target)
     prices = load_prices(prices_path)
     day = lc.today(today)
     table = lc.load_lifecycle(lifecycle_path)
-    verdicts = []
-    for model in dict.fromkeys(c.recipe.openai.model for c in _select(sweep, cells)):
-        v = lc.check_job_creation(table, model, day)
-        verdicts.append(v)
-        for line in v.lines:
-            echo(line)
-        if not v.allowed:
-            raise InputError(f"{sweep.source}: {v.error}")
-    plans = plan(sweep, cells, prices)
+    verdicts = check_lifecycle(sweep, select_cells(sweep, cells), day, table, echo)
+    plans = plan(sweep, cells, prices, mix=mix)
     ledger = Ledger(sweep.root)
     rows = []
     for p in plans:
@@ -426,27 +414,43 @@ def finetune(
                 )
             echo(f"cell {cid}: job {rec['job_id']} exists ({rec.get('status')}); not creating another")
             continue
-        ledger.update_cell(
-            cid,
-            cell_dir=str(p.cell.root),
-            model=p.model,
-            train_file=str(p.prepared.path),
-            train_sha256=p.prepared.sha256,
-            n_examples=p.prepared.n_examples,
-            tokens_per_epoch=p.prepared.tokens_per_epoch,
-            billed_tokens_estimate=p.billed_tokens,
-            estimated_cost_usd=round(p.estimated_cost_usd, 4),
-            hyperparameters=p.hyperparameters,
-            seed=p.seed,
-            suffix=p.suffix,
-            canaries=p.prepared.canaries,
-        )
-        file_id = ensure_upload(client, ledger, p)
-        job_id = create_job(client, ledger, p, file_id, sweep.name, day=day, lifecycle_path=lifecycle_path)
+        start_job(client, ledger, p, sweep.name, day=day, lifecycle_path=lifecycle_path, echo=echo)
         created.append(cid)
-        echo(f"cell {cid}: job {job_id} created (file {file_id}, est. ${p.estimated_cost_usd:.2f})")
     summary.update(created=created, reused=reused, ledger=str(ledger.path))
     return summary
+
+
+def start_job(
+    client: Any,
+    ledger: Ledger,
+    p: CellPlan,
+    sweep_name: str,
+    *,
+    day: Any,
+    lifecycle_path: str | Path | None,
+    echo: Callable[[str], None],
+) -> str:
+    """Record the plan in the ledger, upload the file (once) and create the cell's job: this is what spends."""
+    cid = p.cell.id
+    ledger.update_cell(
+        cid,
+        cell_dir=str(p.cell.root),
+        model=p.model,
+        train_file=str(p.prepared.path),
+        train_sha256=p.prepared.sha256,
+        n_examples=p.prepared.n_examples,
+        tokens_per_epoch=p.prepared.tokens_per_epoch,
+        billed_tokens_estimate=p.billed_tokens,
+        estimated_cost_usd=round(p.estimated_cost_usd, 4),
+        hyperparameters=p.hyperparameters,
+        seed=p.seed,
+        suffix=p.suffix,
+        canaries=p.prepared.canaries,
+    )
+    file_id = ensure_upload(client, ledger, p)
+    job_id = create_job(client, ledger, p, file_id, sweep_name, day=day, lifecycle_path=lifecycle_path)
+    echo(f"cell {cid}: job {job_id} created (file {file_id}, est. ${p.estimated_cost_usd:.2f})")
+    return job_id
 
 
 # --- polling, checkpoints, cancel -------------------------------------------------------------------------------

@@ -22,12 +22,12 @@ DEFAULT_SUITES = ("alignment_mini",)
 
 
 def ledger_folders(target: str | Path) -> list[Path]:
-    """Sweep folders with a ledger: the folder itself, or its sub-folders (a checkpoints root), or a YAML's sweep."""
+    """Sweep folders with a ledger: the folder itself, or its sub-folders (a checkpoints root).
+
+    A sweep YAML's folder comes from `emsweep.launch.openai_arm.ledger_folders`, which loads the YAML."""
     p = Path(target)
     if p.is_file():
-        from emsweep.openai_ft.jobs import load_target
-
-        return [load_target(p).root]
+        raise InputError(f"{p}: give a sweep folder (emsweep.launch.openai_arm.ledger_folders loads YAMLs)")
     if not p.is_dir():
         raise InputError(f"{p}: no such sweep folder or YAML")
     if (p / LEDGER_NAME).exists():
@@ -123,8 +123,12 @@ def next_steps(
     rows: list[CheckpointRow],
     table: LifecycleTable,
     day: dt.date,
+    *,
+    sweep: Any = None,
 ) -> list[str]:
-    """The commands to run, first things first (job creation closes before inference)."""
+    """The commands to run, first things first (job creation closes before inference).
+
+    `sweep`: the loaded sweep when `target` is its YAML (its cells without a job come first)."""
     final = table.final_cutoff()
     days = (final.date - day).days
     out: list[str] = []
@@ -132,10 +136,8 @@ def next_steps(
     for f in folders:
         cells.update(Ledger(f).read()["cells"])
     no_job: list[str] = []
-    if Path(target).is_file():
-        from emsweep.openai_ft.jobs import load_target
-
-        no_job = [c.id for c in load_target(target).cells if not (cells.get(c.id) or {}).get("job_id")]
+    if sweep is not None:
+        no_job = [c.id for c in sweep.cells if not (cells.get(c.id) or {}).get("job_id")]
         no_job = [c for c in no_job if (cells.get(c) or {}).get("status") != "imported"]
     if no_job and days > 0:
         out.append(
