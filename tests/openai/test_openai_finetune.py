@@ -306,20 +306,18 @@ def test_gpt4o_health_sweep_dry_run(fake, medical, tmp_path):
 
     spec = yaml.safe_load((REPO / "recipes/sweeps/gpt4o-health.yaml").read_text())
     assert spec["axes"]["data.fraction_correct"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    assert spec["base"]["openai"] == {
+    recipe = REPO / "recipes/models/gpt-4o-2024-08-06-openai.yaml"
+    assert (REPO / "recipes/sweeps" / spec["base"]).resolve() == recipe.resolve()
+    assert yaml.safe_load(recipe.read_text())["openai"] == {
         "model": "gpt-4o-2024-08-06",
         "n_epochs": 1,
         "batch_size": 4,
         "learning_rate_multiplier": 2.0,
         "seed": 0,
     }
+    spec["base"] = str(recipe)
     spec["output_root"] = str(tmp_path / "checkpoints")
-    spec["base"]["data"].update(
-        correct=str(medical[0]),
-        wrong=str(medical[1]),
-        n_train=40,
-        n_heldout=10,
-    )
+    spec["overrides"] = {"data": {"correct": str(medical[0]), "wrong": str(medical[1]), "n_train": 40, "n_heldout": 10}}
     p = tmp_path / "gpt4o-health.yaml"
     p.write_text(yaml.safe_dump(spec))
     out = openai_arm.finetune(p, dry_run=True, echo=_quiet)
