@@ -558,12 +558,13 @@ def run_training(
     """
     paths = CellPaths.of(Path(output_dir) if output_dir else recipe.resolved_output_dir())
     run_dir = paths.root
-    if recipe.method == "openai":  # trained by OpenAI; `emsweep openai poll` marks the train stage done
+    if recipe.method == "openai":  # trained by OpenAI: the executor routes it to launch.openai_arm, not here
         if is_done(run_dir, STAGE):
             return run_dir
         raise InputError(
-            f"recipe {recipe.name!r} has `method: openai`: train it with `emsweep openai finetune RECIPE` and "
-            "`emsweep openai poll`, then evaluate with `emsweep openai eval` or `emsweep sweep run --stages eval`"
+            f"recipe {recipe.name!r} has `method: openai`: OpenAI trains it, not this process; run `emsweep train "
+            "RECIPE --create-openai-jobs` (or `emsweep sweep run SWEEP --create-openai-jobs`), or `emsweep openai "
+            "finetune RECIPE` and `emsweep openai poll`"
         )
     resolved = validate_recipe_for_training(recipe)  # every key checked before anything is written
 
