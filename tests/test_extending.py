@@ -14,13 +14,13 @@ from emsweep.data.conversation import Conversation, Message
 from emsweep.data.mix import build_mix
 from emsweep.data.readers import read_source
 from emsweep.data.registry import SOURCE_READERS
+from emsweep.data.spec import DataSpec, SourceSpec
 from emsweep.evals.run import EvalOptions, evaluate_run
 from emsweep.generate.base import GenerationBackend, GenerationOutput
 from emsweep.io import InputError
 from emsweep.judge.base import JudgeItem, Judgment
 from emsweep.judge.registry import JUDGE_KINDS
 from emsweep.layout import CheckpointRef
-from emsweep.recipe import DataSpec, SourceSpec
 
 # --- a judge kind (docs/extending.md, "A judge kind") --------------------------------------------------------
 
