@@ -41,6 +41,7 @@ __all__ = [
     "SlurmSpec",
     "SourceFormat",
     "SourceSpec",
+    "cell_recipe",
     "load_recipe",
 ]
 
@@ -72,3 +73,19 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None
     from emsweep.passthrough import recipe_problems
 
     return load_config(path, Recipe, overrides, check=recipe_problems)
+
+
+def cell_recipe(run_dir: str | os.PathLike[str]) -> Recipe | None:
+    """The resolved recipe recorded in `<run_dir>/cell.json` by the sweep runner, or None (for the CLI and
+    executors; the eval stage itself reads only the recipe's `eval:` section, evals.run.eval_settings)."""
+    from emsweep.io import InputError
+    from emsweep.layout import read_cell
+
+    cell = read_cell(run_dir)
+    rec = cell.recipe
+    if rec is None:
+        return None
+    try:
+        return Recipe.model_validate(rec)
+    except Exception as exc:
+        raise InputError(f"{cell.path}: recipe does not validate: {exc}") from None

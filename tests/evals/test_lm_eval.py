@@ -159,7 +159,7 @@ def test_results_csv_and_report_plot_every_task(evaluated: Path) -> None:
 def test_rerun_skips_done_and_options_change_the_work(evaluated: Path, trained: Path, monkeypatch) -> None:
     import lm_eval
 
-    from emsweep.evals.run import cell_recipe
+    from emsweep.recipe import cell_recipe
 
     def boom(*a, **k):
         raise AssertionError("nothing should be re-evaluated")
@@ -185,7 +185,7 @@ def test_harness_truthfulqa_mc2_task_on_a_local_copy(trained: Path, tmp_path: Pa
     """The harness's own truthfulqa_mc2 (YAML, prompt, MC2 scoring) through a recipe's include_path."""
     import lm_eval
 
-    from emsweep.evals.run import cell_recipe
+    from emsweep.recipe import cell_recipe
 
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run, ignore=shutil.ignore_patterns("checkpoint-1"))

@@ -91,15 +91,16 @@ def tiny_r1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_hf_generation_rows_keep_raw_text_and_final_answer(tiny_r1: Path, tmp_path: Path) -> None:
-    from emsweep.evals.run import _generate, _plan_generation, _Unit
+    from emsweep.evals.generation import generate_samples, plan_generation
     from emsweep.evals.suites import Question, Suite
+    from emsweep.evals.units import Unit
     from emsweep.generate.base import SamplingSpec
     from emsweep.generate.hf import HFBackend
     from emsweep.layout import CheckpointRef
 
     q = Question(id="q1", type="free_form", paraphrases=["What is 2+2?"], samples_per_paraphrase=2,
                  judge_prompts={})  # fmt: skip
-    unit = _Unit(
+    unit = Unit(
         ref=CheckpointRef(name="checkpoint-0", step=0, kind="base", base_model=str(tiny_r1)),
         suite=Suite(name="s", kind="alignment", questions=[q], source="test"),
         dir=tmp_path / "eval",
@@ -107,10 +108,10 @@ def test_hf_generation_rows_keep_raw_text_and_final_answer(tiny_r1: Path, tmp_pa
     sampling = SamplingSpec(temperature=0.0, max_tokens=6, ignore_eos=True)
     with HFBackend(str(tiny_r1), dtype="float32", device="cpu", batch_size=2) as hf:
         assert hf.answer_format() == "think"
-        assert _generate(hf, _plan_generation([unit], sampling), sampling, 1024, False) == 2
+        assert generate_samples(hf, plan_generation([unit], sampling), sampling, 1024, False) == 2
         rows = [json.loads(line) for line in unit.samples_path.read_text(encoding="utf-8").splitlines()]
         # the same samples straight from the backend: what raw_answer must hold
-        todo = _plan_generation([_Unit(unit.ref, unit.suite, tmp_path / "again")], sampling)
+        todo = plan_generation([Unit(unit.ref, unit.suite, tmp_path / "again")], sampling)
         direct = hf.generate([req for _, req in todo], sampling, progress=False)[0]
     assert len(rows) == 2
     for k, row in enumerate(rows):
@@ -122,9 +123,9 @@ def test_hf_generation_rows_keep_raw_text_and_final_answer(tiny_r1: Path, tmp_pa
     assert final_answer(rows[0]["raw_answer"] + "</think> Four.", "think", "stop") == ("Four.", "stop")
 
     # forcing `plain` keeps the text as the answer and writes no raw_answer
-    plain_unit = _Unit(unit.ref, unit.suite, tmp_path / "plain")
+    plain_unit = Unit(unit.ref, unit.suite, tmp_path / "plain")
     with HFBackend(str(tiny_r1), dtype="float32", device="cpu", batch_size=2) as hf:
-        _generate(hf, _plan_generation([plain_unit], sampling), sampling, 1024, False, "plain")
+        generate_samples(hf, plan_generation([plain_unit], sampling), sampling, 1024, False, "plain")
     plain = [json.loads(line) for line in plain_unit.samples_path.read_text(encoding="utf-8").splitlines()]
     assert [r["answer"] for r in plain] == [r["raw_answer"] for r in rows]
     assert all("raw_answer" not in r and r["finish_reason"] == "length" for r in plain)

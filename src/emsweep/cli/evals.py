@@ -128,8 +128,9 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs only)."),
     ) -> None:
         """Generate, judge and score every checkpoint of a run on the given suites; skips what is done."""
-        from emsweep.evals.run import EvalOptions, cell_recipe, evaluate_run
+        from emsweep.evals.run import EvalOptions, evaluate_run
         from emsweep.io import InputError
+        from emsweep.recipe import cell_recipe
 
         if not run_dir.is_dir():
             raise InputError(f"{run_dir}: run folder not found")

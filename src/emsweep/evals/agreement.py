@@ -16,6 +16,9 @@ whitespace-trimmed; repeated identical pairs are matched in file order. Reported
 
 `rejudge_csv` re-judges the answers of such a CSV with any judge, so a published gpt-4o judgment set becomes the
 reference for a candidate judge without generating anything.
+
+Over ~450 lines because agreement is one procedure (re-judge, align, then Spearman, kappa and the rate
+difference with its cluster interval, and the scatter) over one pair of judgment sets.
 """
 
 from __future__ import annotations
@@ -546,7 +549,7 @@ def judge_csv(
 ) -> dict[str, Any]:
     """`emsweep judge FILE.csv --judge MODEL`: build the judge (hf for a local folder, else openai unless given)
     with the evaluation stage's factory, re-judge the CSV, keep a judgment cache in the output folder."""
-    from emsweep.evals.run import make_judge
+    from emsweep.evals.judging import make_judge
 
     if not judge_model:
         raise InputError("emsweep judge FILE.csv needs --judge MODEL or --judge-recipe YAML")

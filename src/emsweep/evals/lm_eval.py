@@ -21,6 +21,9 @@ get an engine each (vLLM has no in-place weight swap).
 
 Offline: tasks in emsweep's own folder (`resources/lm_eval/`) and in `eval.lm_eval.include_path` are indexed
 without the harness's ~15 000 builtin YAMLs when they name every requested task (seconds instead of a minute).
+
+Over ~450 lines because it is one adapter to the harness: task lookup, checkpoint -> model (HF or vLLM, LoRA
+swapped in place) and results -> emsweep's files share the harness's objects and must change together.
 """
 
 from __future__ import annotations
@@ -84,10 +87,10 @@ def _require_harness() -> Any:
     return lm_eval
 
 
-def _spec_of(recipe: Any) -> Any:
+def _spec_of(ev: Any) -> Any:
+    """The `eval.lm_eval` options of a run's `eval:` section (EvalSpec), or the defaults without one."""
     from emsweep.evals.spec import LmEvalSpec
 
-    ev = recipe.eval if recipe is not None else None
     return ev.lm_eval if ev is not None else LmEvalSpec()
 
 
@@ -680,18 +683,17 @@ def evaluate_with_lm_eval(
 ) -> Any:
     """`evaluate_run` for a suite list holding `lm_eval:` specs: the harness runs those; `rest` (the unlocked
     evaluate_run) runs the others; one EvalResult comes back with every metrics file."""
-    from emsweep.evals.run import EvalResult, _resolve_base_model, cell_recipe, select_checkpoints
+    from emsweep.evals.run import eval_settings, resolve_base_model
+    from emsweep.evals.units import EvalResult, select_checkpoints
     from emsweep.train.checkpoints import list_checkpoints
 
     run_dir = Path(run_dir)
     run = CellPaths.of(run_dir)
-    if recipe is None:
-        recipe = cell_recipe(run_dir)
-    ev = recipe.eval if recipe is not None else None
+    ev, model_path = eval_settings(run_dir, recipe)
     lm_suites = [s for s in suites if is_lm_eval_suite(s)]
     others = [s for s in suites if not is_lm_eval_suite(s)]
     cell = options.cell or run.name
-    spec = _spec_of(recipe)
+    spec = _spec_of(ev)
     checkpoints = (
         options.checkpoints if options.checkpoints is not None else (ev.checkpoints if ev else "all")
     )
@@ -703,7 +705,7 @@ def evaluate_with_lm_eval(
         refs = list(checkpoints)
     else:
         found = list_checkpoints(
-            run_dir, base_model=_resolve_base_model(run, options.base_model, recipe), cell=cell
+            run_dir, base_model=resolve_base_model(run, options.base_model, model_path), cell=cell
         )
         refs = select_checkpoints(found, checkpoints)
     if not refs:
