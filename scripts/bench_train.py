@@ -167,7 +167,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
     from trl.chat_template_utils import has_generation_markers
 
-    from emsweep.train.runner import LORA_DEFAULTS, load_training_rows
+    from emsweep.train.resolve import LORA_DEFAULTS
+    from emsweep.train.rows import load_training_rows
     from emsweep.train.speed import check_speed_settings
 
     cuda = spec["device"] == "cuda"

@@ -202,9 +202,9 @@ _ENV_DEPENDENT = re.compile(r"(?i)gpu|cuda|bf16|fp16|tf32|device|npu|xpu|mps|dee
 def sft_problems(sft: dict[str, Any]) -> list[Problem]:
     from trl import SFTConfig
 
-    from emsweep.train.runner import OWNED_SFT_KEYS, _field_names, coerce_numbers
+    from emsweep.train.resolve import OWNED_SFT_KEYS, coerce_numbers, field_names
 
-    out = _unknown("sft", set(sft), _field_names(SFTConfig), "trl.SFTConfig")
+    out = _unknown("sft", set(sft), field_names(SFTConfig), "trl.SFTConfig")
     for k, why in OWNED_SFT_KEYS.items():
         if k in sft:
             out.append((("sft", k), f"set by emsweep, not in `sft:` ({why})"))
@@ -247,9 +247,9 @@ def sft_problems(sft: dict[str, Any]) -> list[Problem]:
 def lora_problems(lora: dict[str, Any], method: str) -> list[Problem]:
     from peft import LoraConfig
 
-    from emsweep.train.runner import LORA_DEFAULTS, _field_names, coerce_numbers, resolve_lora_kwargs
+    from emsweep.train.resolve import LORA_DEFAULTS, coerce_numbers, field_names, resolve_lora_kwargs
 
-    out = _unknown("lora", set(lora), _field_names(LoraConfig), "peft.LoraConfig")
+    out = _unknown("lora", set(lora), field_names(LoraConfig), "peft.LoraConfig")
     if out:
         return out
     out = _typed("lora", lora, LoraConfig, LORA_RULES)
@@ -278,9 +278,9 @@ def quantization_problems(q: dict[str, Any]) -> list[Problem]:
     from transformers import BitsAndBytesConfig
 
     from emsweep.recipe import Recipe
-    from emsweep.train.runner import _field_names, resolve_quantization_kwargs
+    from emsweep.train.resolve import field_names, resolve_quantization_kwargs
 
-    out = _unknown("quantization", set(q), _field_names(BitsAndBytesConfig), "transformers.BitsAndBytesConfig")
+    out = _unknown("quantization", set(q), field_names(BitsAndBytesConfig), "transformers.BitsAndBytesConfig")
     if out:
         return out
     out = _typed("quantization", q, BitsAndBytesConfig, {})

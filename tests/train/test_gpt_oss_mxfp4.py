@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from emsweep.recipe import load_recipe
-from emsweep.train import runner
+from emsweep.train import resolve
 from emsweep.train.model_init import build_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def _config_dir(tmp_path: Path, shape: str, quant: dict[str, Any] | None) -> Pat
 def test_gpt_oss_mxfp4_is_dequantized_for_training(tmp_path: Path) -> None:
     from transformers import Mxfp4Config
 
-    kw = runner._mxfp4_kwargs(str(_config_dir(tmp_path, "gpt-oss-20b", MXFP4)))
+    kw = resolve._mxfp4_kwargs(str(_config_dir(tmp_path, "gpt-oss-20b", MXFP4)))
     qc = kw["quantization_config"]
     assert set(kw) == {"quantization_config"} and isinstance(qc, Mxfp4Config) and qc.dequantize is True
 
@@ -42,7 +42,7 @@ def test_gpt_oss_mxfp4_is_dequantized_for_training(tmp_path: Path) -> None:
 )
 def test_other_models_load_unchanged(tmp_path: Path, shape: str, quant: dict | None) -> None:
     """A bf16 gpt-oss copy has nothing to dequantize (an Mxfp4Config would quantize it); other families never."""
-    assert runner._mxfp4_kwargs(str(_config_dir(tmp_path, shape, quant))) == {}
+    assert resolve._mxfp4_kwargs(str(_config_dir(tmp_path, shape, quant))) == {}
 
 
 def test_load_model_passes_the_dequantize_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,11 +52,11 @@ def test_load_model_passes_the_dequantize_config(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda path, **kw: seen.update(kw, path=path))
     recipe = load_recipe(REPO / "recipes" / "models" / "gpt-oss-20b-lora.yaml")
     path = str(_config_dir(tmp_path, "gpt-oss-20b", MXFP4))
-    runner._load_model(recipe, path, None)
+    resolve.load_model(recipe, path, None)
     assert seen["path"] == path and seen["quantization_config"].dequantize is True
     assert seen["attn_implementation"] == "eager"
     seen.clear()
-    runner._load_model(recipe, str(_config_dir(tmp_path / "plain", "gpt-oss-20b", None)), None)
+    resolve.load_model(recipe, str(_config_dir(tmp_path / "plain", "gpt-oss-20b", None)), None)
     assert "quantization_config" not in seen
 
 
@@ -69,4 +69,4 @@ def test_qlora_on_mxfp4_gpt_oss_is_a_clear_error(tmp_path: Path, monkeypatch: py
     recipe = load_recipe(REPO / "recipes" / "models" / "gpt-oss-20b-lora.yaml")
     path = str(_config_dir(tmp_path, "gpt-oss-20b", MXFP4))
     with pytest.raises(InputError, match=r"MXFP4.*bf16 copy"):
-        runner._load_model(recipe, path, {"load_in_4bit": True})
+        resolve.load_model(recipe, path, {"load_in_4bit": True})

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
 from emsweep.io import InputError  # noqa: E402
-from emsweep.train.runner import load_training_rows  # noqa: E402
+from emsweep.train.rows import load_training_rows  # noqa: E402
 from emsweep.train.speed import REFUSED_PACKING, SPEED_OPTIONS, check_speed_settings  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))

@@ -397,7 +397,7 @@ def test_unknown_recipe_key_names_file_and_line(tmp_path):
 
 def test_demo_recipes_validate():
     from emsweep.recipe import load_recipe
-    from emsweep.train.runner import validate_recipe_for_training
+    from emsweep.train.resolve import validate_recipe_for_training
 
     for name in ("tiny-lora", "tiny-full"):
         r = load_recipe(REPO / "recipes" / "demo" / f"{name}.yaml")
@@ -445,7 +445,7 @@ output_dir: {run}
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "models").glob("*.yaml")), ids=lambda p: p.stem)
 def test_model_recipes_carry_em_defaults(path):
     from emsweep.recipe import load_recipe
-    from emsweep.train.runner import validate_recipe_for_training
+    from emsweep.train.resolve import validate_recipe_for_training
 
     r = load_recipe(path)
     v = validate_recipe_for_training(r)

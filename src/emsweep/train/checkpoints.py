@@ -1,4 +1,4 @@
-"""Which checkpoints a run has, which are complete, and the checkpoint schedule.
+"""Which checkpoints a run has, which are complete, the checkpoint schedule, and tidying a run's checkpoints.
 
 A checkpoint is complete when its marker `checkpoint-<step>/.emsweep_complete.json` exists: the trainer writes it only
 after TRL/transformers has finished writing the folder, so a save cut off by preemption or a crash is never
@@ -7,9 +7,12 @@ resumed from or evaluated (transformers' `get_last_checkpoint` would pick it up)
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import logging
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ from emsweep.layout import (
     read_api_checkpoints,
     read_cell,
 )
+
+log = logging.getLogger("emsweep.train")
 
 COMPLETE_MARKER = ".emsweep_complete.json"
 
@@ -158,3 +163,46 @@ def schedule_steps(
     if save_final:
         chosen.add(total_steps)
     return sorted(chosen)
+
+
+# --- tidying a run's checkpoints ----------------------------------------------------------------------------
+
+RESUME_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth")
+
+
+def prune_resume_state(run_dir: Path, keep: Path) -> None:
+    """Only the newest complete checkpoint needs optimizer/RNG state to resume; drop it from older ones
+    (for a full fine-tune of a 7B model that is ~60 GB per checkpoint)."""
+    for d in run_dir.glob("checkpoint-*"):
+        if d == keep or not d.is_dir() or not is_complete(d):
+            continue
+        for f in d.iterdir():
+            if f.name in RESUME_STATE_FILES or f.name.startswith("rng_state_"):
+                f.unlink(missing_ok=True)
+            elif f.is_dir() and f.name.startswith("global_step"):  # DeepSpeed optimizer shards
+                shutil.rmtree(f, ignore_errors=True)
+
+
+def set_aside(run_dir: Path, what: list[Path], why: str) -> Path | None:
+    """Move old checkpoints out of the way instead of deleting them (nothing written is lost)."""
+    if not what:
+        return None
+    dest = run_dir / "superseded" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in what:
+        shutil.move(str(p), dest / p.name)
+    log.warning("%s: moved %d folder(s) to %s", why, len(what), dest)
+    return dest
+
+
+def drop_unscheduled(run_dir: Path, scheduled: set[int]) -> None:
+    """Preemption checkpoints only exist to resume from: once training finished they go, so an interrupted
+    run ends with exactly the checkpoints of an uninterrupted one."""
+    for d in run_dir.glob("checkpoint-*"):
+        marker = d / COMPLETE_MARKER
+        if not marker.exists():
+            continue
+        info = json.loads(marker.read_text())
+        if not info.get("scheduled", True) and info.get("step") not in scheduled:
+            shutil.rmtree(d)
+            log.info("removed preemption checkpoint %s (training finished)", d.name)
