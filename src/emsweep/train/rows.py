@@ -24,10 +24,8 @@ log = logging.getLogger("emsweep.train")
 
 
 def prepare_data(recipe: Recipe, paths: CellPaths) -> dict[str, Any]:
-    """Build the mix into `<run>/data/` with helper A's `build_mix` (a no-op when it is already there).
-
-    A run folder whose `data/` already holds a train.jsonl with a manifest (e.g. a mix built by
-    `emsweep data mix`) is used as is.
+    """The run's mix: `<run>/data/` as the executor's mix stage (or `emsweep data mix`) wrote it, with its
+    manifest; built here with `data.mix.build_mix` only when `emsweep train` runs a recipe on its own.
     """
     if paths.train_jsonl.exists() and paths.manifest.exists():
         return json.loads(paths.manifest.read_text())
