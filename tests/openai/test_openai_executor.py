@@ -153,3 +153,21 @@ def test_emsweep_train_on_an_openai_recipe(fake, make_sweep, tmp_path):
     assert is_done(cell.root, "train") and not is_done(cell.root, "eval")
     refs = read_api_checkpoints(cell.root)
     assert refs[-1].model == Ledger(sweep.root).cell(cell.id)["fine_tuned_model"]
+
+
+def test_sweep_run_cli_parallel_cells_wait_with_exit_75(fake, make_sweep):
+    """`-j 2` runs cells as `emsweep sweep cell` subprocesses: their exit 75 is "pending", not a failure."""
+    sweep_yaml = make_sweep(fractions=(0.5, 1.0), n_train=20)
+    sweep = load_sweep(sweep_yaml)
+    cli = CliRunner()
+
+    r = cli.invoke(app, ["sweep", "run", str(sweep_yaml), "-j", "2"])
+    assert isinstance(r.exception, JobCreationNotAllowed) and CREATE_FLAG in str(r.exception)
+
+    r = cli.invoke(app, ["sweep", "run", str(sweep_yaml), "-j", "2", CREATE_FLAG])
+    assert r.exit_code == EXIT_PENDING, r.output
+    assert "2 cell(s) wait for their OpenAI fine-tuning jobs" in r.output
+    assert _spent(fake) == (2, 2)
+    for c in sweep.cells:
+        assert is_done(c.root, "mix") and not is_done(c.root, "train")
+        assert "waiting for OpenAI job ftjob-" in (c.paths.logs_dir / "cell.out").read_text()
