@@ -29,8 +29,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from emsweep.config import StrictModel, load_config
+from emsweep.data.spec import SourceSpec
 from emsweep.io import InputError
-from emsweep.recipe import SourceSpec
 
 DOMAIN_PATH_ENV = "EMSWEEP_DOMAIN_PATH"
 
