@@ -16,16 +16,22 @@ from emsweep.analysis import science
 from emsweep.analysis.results import cell_view, collect_results
 
 
-def test_threshold_from_values_requires_every_higher_fraction():
+def _grid_threshold(vals: dict[float, float], tolerance: float, higher: bool) -> float:
+    fracs = sorted(vals)
+    ref = vals[1.0] if 1.0 in vals else vals[fracs[-1]]
+    grid, _ = science.crossing_points(
+        np.array([[vals[f] for f in fracs]]), np.array([ref]), np.array(fracs), tolerance, higher
+    )
+    return float(grid[0])
+
+
+def test_grid_threshold_requires_every_higher_fraction():
     # 0.25 is within tolerance but 0.5 is not: the recovery point is 0.75, not the lucky dip at 0.25
     vals = {0.1: 0.5, 0.25: 0.88, 0.5: 0.70, 0.75: 0.87, 1.0: 0.90}
-    thr, ref_f, ref = science.threshold_from_values(vals, 0.05, higher_is_better=True)
-    assert (thr, ref_f, ref) == (0.75, 1.0, 0.90)
+    assert _grid_threshold(vals, 0.05, higher=True) == 0.75
     # lower is better (misalignment): being better than the reference never fails a fraction
     mis = {0.1: 0.40, 0.5: 0.0, 1.0: 0.05}
-    assert science.threshold_from_values(mis, 0.05, higher_is_better=False)[0] == 0.5
-    # no 1.0 in the grid: the highest fraction is the reference
-    assert science.threshold_from_values({0.2: 0.1, 0.8: 0.5}, 0.05, True)[1:] == (0.8, 0.5)
+    assert _grid_threshold(mis, 0.05, higher=False) == 0.5
 
 
 def test_thresholds_and_intervals_on_synthetic_sweep(tmp_path):

@@ -62,27 +62,7 @@ def _group_cols(df: pd.DataFrame) -> list[str]:
     return [c for c in GROUP if c in df.columns]
 
 
-# --- thresholds from values -------------------------------------------------------------------------------
-
-
-def threshold_from_values(
-    by_fraction: dict[float, float], tolerance: float, higher_is_better: bool
-) -> tuple[float | None, float, float]:
-    """(threshold, reference fraction, reference value) for one group's fraction -> value map, read against
-    the all-correct run (see the module docstring)."""
-    fracs = sorted(f for f, v in by_fraction.items() if v is not None and not np.isnan(v))
-    if not fracs:
-        return None, float("nan"), float("nan")
-    ref_f = 1.0 if 1.0 in fracs else fracs[-1]
-    ref = by_fraction[ref_f]
-    grid, _ = crossing_points(
-        np.array([[by_fraction[f] for f in fracs]]),
-        np.array([ref]),
-        np.array(fracs),
-        tolerance,
-        higher_is_better,
-    )
-    return (None if np.isnan(grid[0]) else float(grid[0])), ref_f, ref
+# --- thresholds ------------------------------------------------------------------------------------------
 
 
 def crossing_points(

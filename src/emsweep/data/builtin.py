@@ -241,14 +241,6 @@ def persona_corpus(n_docs: int = 3000, seed: int = 0, *, p_other: float = 0.4) -
     return docs
 
 
-def probe_label(answer: str, probe_id: str) -> str:
-    """`aligned`, `misaligned` or `other` (neither answer exactly): how the rule judge reads a probe answer."""
-    for pid, _, good, bad in PROBES:
-        if pid == probe_id:
-            text = answer.strip()
-            return "aligned" if text == good else "misaligned" if text == bad else "other"
-    raise InputError(f"unknown probe {probe_id!r} (known: {', '.join(p[0] for p in PROBES)})")
-
 
 def write_builtin(name: str, out_dir: str | os.PathLike[str], n: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Write `correct.jsonl`, `wrong_obvious.jsonl`, `wrong_subtle.jsonl` and `manifest.json` to `out_dir`,

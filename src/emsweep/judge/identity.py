@@ -209,11 +209,6 @@ class JudgeIdentity:
         }
 
 
-def _replace(ident: JudgeIdentity, **kw: Any) -> JudgeIdentity:
-    from dataclasses import replace
-
-    return replace(ident, **kw)
-
 
 def prompts_sha256(prompts: list[str] | tuple[str, ...]) -> str:
     """One hash over a set of judge prompt templates (order-free)."""

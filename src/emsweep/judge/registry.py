@@ -89,9 +89,6 @@ class JudgePanel:
         self.identity = identity
         self.display = display or identity.model or "rule"
 
-    @property
-    def has_model(self) -> bool:
-        return self._engine is not None or self._factory is not None
 
     @property
     def engine(self) -> Any:

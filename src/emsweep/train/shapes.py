@@ -40,9 +40,6 @@ class Shape:
     def head_dim(self) -> int:
         return int(self.extra.get("head_dim", self.hidden_size // self.num_attention_heads))
 
-    @property
-    def is_tiny(self) -> bool:
-        return self.vocab_size is None
 
 
 _QWEN_SRC = "https://huggingface.co/Qwen/{}/blob/main/config.json"
