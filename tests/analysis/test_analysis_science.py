@@ -196,3 +196,29 @@ def test_same_cell_id_in_two_sweeps_stays_two_cells(tmp_path):
     cv = cell_view(collect_results(tmp_path))
     assert sorted(cv["cell"]) == ["a/cell0", "b/cell0"]
     assert sorted(cv["domain_accuracy"]) == pytest.approx([0.1, 0.2])
+
+
+def test_rescaled_replicates_stay_inside_the_per_question_range():
+    """The small-cluster correction widens deviations by sqrt(Q/(Q-1)); near a bound that would push a rate past
+    1 (a "101 %" upper bound). Replicates stay within the run's per-question values, so a rate stays a rate."""
+    runs = science.Runs(
+        fraction=np.array([1.0]),
+        sums=np.array([[10.0, 10.0, 9.0]]),
+        ns=np.array([[10.0, 10.0, 10.0]]),
+        has_q=np.array([True]),
+        value=np.array([np.nan]),
+        sd=np.array([0.0]),
+    )
+    rng = np.random.default_rng(0)
+    weights = science.question_weights(rng, 2000, 3)
+    raw = science.run_replicates(runs, weights, rng)
+    points = science.run_points(runs)
+    unclipped = points + np.sqrt(3 / 2) * (raw - points)
+    assert unclipped.max() > 1.0  # the planted case: without the bound a replicate leaves [0, 1]
+    reps = science._rescale(raw, points, runs)
+    assert reps.max() == pytest.approx(1.0) and reps.min() >= 0.9 - 1e-12
+    lo, hi = science.percentile_interval(reps)
+    assert 0.9 <= float(lo[0]) <= float(points[0]) <= float(hi[0]) <= 1.0
+    # inside the range the correction is unchanged
+    inside = (unclipped >= 0.9) & (unclipped <= 1.0)
+    assert np.allclose(reps[inside], unclipped[inside])

@@ -448,6 +448,11 @@ def test_model_recipes_carry_em_defaults(path):
     from emsweep.train.resolve import validate_recipe_for_training
 
     r = load_recipe(path)
+    if r.method == "openai":  # trained by the API: Betley et al.'s hyperparameters for gpt-4o-2024-08-06
+        o = r.openai
+        assert (o.model, o.n_epochs, o.batch_size, o.learning_rate_multiplier) == ("gpt-4o-2024-08-06", 1, 4, 2.0)
+        assert r.model.path == o.model and not r.sft and not r.lora
+        return
     v = validate_recipe_for_training(r)
     sft = v["sft"]
     assert sft["learning_rate"] == 1e-5 and sft["num_train_epochs"] == 1 and sft["warmup_steps"] == 5

@@ -172,11 +172,20 @@ def curve_replicates(
 
 def _rescale(reps: np.ndarray, points: np.ndarray, runs: Runs) -> np.ndarray:
     """Question-level deviations scaled by sqrt(Q / (Q - 1)) (the small-cluster correction of the bootstrap
-    variance), for runs whose replicates come from the question draw."""
+    variance), for runs whose replicates come from the question draw.
+
+    A scaled replicate is kept inside the range of the run's per-question values, where every reweighting of the
+    questions lies: a rate stays in [0, 1] and a 0-100 score in [0, 100] (unscaled, 0.999 could become 1.001)."""
     q = runs.sums.shape[1]
     if q < 2:
         return reps
     scaled = points + np.sqrt(q / (q - 1)) * (reps - points)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_question = np.where(runs.ns > 0, runs.sums / np.where(runs.ns > 0, runs.ns, 1), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a run without per-question data: all NaN, unused
+        lo, hi = np.nanmin(per_question, axis=1), np.nanmax(per_question, axis=1)
+    scaled = np.clip(scaled, lo[None, :], hi[None, :])
     return np.where(runs.has_q[None, :], scaled, reps)
 
 
