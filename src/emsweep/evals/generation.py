@@ -8,17 +8,63 @@ in flight.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
 from emsweep.evals.suites import Question, suite_to_yaml
 from emsweep.evals.units import SUITE_FILE, Unit, read_rows, sample_id
 from emsweep.generate.base import GenerationBackend, GenerationRequest, SamplingSpec
-from emsweep.io import append_jsonl, atomic_write_text
+from emsweep.io import append_jsonl, atomic_write_jsonl, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
-def plan_generation(units: list[Unit], sampling: SamplingSpec) -> list[tuple[Unit, GenerationRequest]]:
-    """Requests (one per paraphrase, n = its samples) for paraphrases with any sample missing."""
+def resolve_answer_format(
+    answer_format: str, backend: GenerationBackend | None, backend_kind: str, model: str | None
+) -> str | None:
+    """What `eval.answer_format` means for this generation: itself when explicit; for `auto`, the ready backend's
+    format, else the format the backend kind would read off `model` (its tokenizer; API backends: plain).
+    None when `model`'s tokenizer cannot be read here (then the backend decides once it is built, as before)."""
+    if answer_format != "auto":
+        return answer_format
+    if backend is not None:
+        detect = getattr(backend, "answer_format", None)  # duck-typed backends without it are plain
+        return detect() if detect else "plain"
+    from emsweep.generate.factory import backend_class
+    from emsweep.io import InputError
+
+    try:
+        return backend_class(backend_kind).answer_format_of(model)
+    except InputError as exc:
+        log.debug("answer format of %s not read ahead of generation: %s", model, exc)
+        return None
+
+
+def _drop_other_formats(u: Unit, style: str) -> None:
+    """Samples whose answer was read in another format than `style` are wrong for this evaluation (a `think`
+    answer read as plain still holds the reasoning): drop them from samples.jsonl so they are generated again.
+    Rows written before the format was recorded are plain unless they say otherwise."""
+    keep = [r for r in u.samples if r.get("answer_format", "plain") == style]
+    if len(keep) == len(u.samples):
+        return
+    formats = sorted({str(r.get("answer_format", "plain")) for r in u.samples} - {style})
+    log.warning(
+        "%s: %d sample(s) were read as answer format %s, this evaluation reads %s: generating them again",
+        u.samples_path,
+        len(u.samples) - len(keep),
+        "/".join(formats),
+        style,
+    )
+    atomic_write_jsonl(u.samples_path, keep)
+    u.samples = keep
+
+
+def plan_generation(
+    units: list[Unit], sampling: SamplingSpec, style: str | None = None
+) -> list[tuple[Unit, GenerationRequest]]:
+    """Requests (one per paraphrase, n = its samples) for paraphrases with any sample missing; with `style`, a
+    sample read in another answer format counts as missing."""
     todo = []
     for u in units:
         u.dir.mkdir(parents=True, exist_ok=True)
@@ -27,6 +73,8 @@ def plan_generation(units: list[Unit], sampling: SamplingSpec) -> list[tuple[Uni
         if not sp.exists() or sp.read_text(encoding="utf-8") != suite_text:
             atomic_write_text(sp, suite_text)
         u.samples = read_rows(u.samples_path)
+        if style is not None:
+            _drop_other_formats(u, style)
         have = {r["id"] for r in u.samples}
         for q in u.suite.questions:
             for p in range(len(q.paraphrases)):
@@ -97,7 +145,8 @@ def generate_samples(
                     "suite": u.suite.name,
                     "messages": req.messages,
                     "answer": answer,
-                    **({"raw_answer": out.texts[k], "answer_format": style} if style != "plain" else {}),
+                    **({"raw_answer": out.texts[k]} if style != "plain" else {}),
+                    "answer_format": style,
                     "seed": out.seeds[k] if k < len(out.seeds) else None,
                     "finish_reason": finish,
                     "backend": backend.name,

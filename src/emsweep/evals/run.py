@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emsweep.evals.generation import generate_samples, plan_generation
+from emsweep.evals.generation import generate_samples, plan_generation, resolve_answer_format
 from emsweep.evals.judging import (
     default_cache_path,
     judge_units,
@@ -108,13 +108,16 @@ def _load_suites(
     return out
 
 
-def _fingerprint(unit: Unit, sampling: SamplingSpec, judge_id: str) -> dict[str, Any]:
+def _fingerprint(unit: Unit, sampling: SamplingSpec, judge_id: str, answer_format: str) -> dict[str, Any]:
+    """What a done folder was made with; any change reopens it. The answer format is part of it when set
+    explicitly (`auto` reads the same model's template every time, and leaves older markers valid)."""
     text = suite_to_yaml(unit.suite)
     return {
         "suite_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "n_expected": unit.suite.n_samples,
         "sampling": sampling.model_dump(),
         "judge_id": judge_id,
+        **({"answer_format": answer_format} if answer_format != "auto" else {}),
     }
 
 
@@ -241,13 +244,14 @@ def evaluate_run(
         judge, spec, Path(o.judge_cache or default_cache_path(run_dir)), batch_size, o.progress, None
     )
 
+    fmt = o.answer_format or (ev.answer_format if ev else "auto")
     units = [Unit(ref=r, suite=s, dir=run.eval_dir(r.name, s.name)) for r in refs for s in suite_objs]
     result = EvalResult(cell=cell, judge=jg.display)
     pending: list[Unit] = []
     for u in units:
         marker, _ = marker_for(u.dir, jg)
         info = read_marker(u.dir, marker)
-        if info is not None and info.get("fingerprint") == _fingerprint(u, sampling, jg.id):
+        if info is not None and info.get("fingerprint") == _fingerprint(u, sampling, jg.id, fmt):
             result.skipped += 1
             result.metrics[f"{u.ref.name}/{u.suite.name}"] = str(u.dir / info.get("metrics", "metrics.json"))
         else:
@@ -261,7 +265,9 @@ def evaluate_run(
     own_backend = backend is None
     try:
         # 1. generation, for every pending folder at once
-        todo = plan_generation(pending, sampling)
+        local_models = sorted({u.ref.base_model for u in pending if u.ref.kind != "api"})
+        style = resolve_answer_format(fmt, backend, backend_kind, local_models[0] if local_models else None)
+        todo = plan_generation(pending, sampling, style)
         if todo:
             if backend is None:
                 models = {u.ref.base_model for u, _ in todo if u.ref.kind != "api"}
@@ -281,8 +287,7 @@ def evaluate_run(
                 backend = make_backend(
                     backend_kind, model, base_url=base_url, batch_size=batch_size, engine=engine, **extra
                 )
-            fmt = o.answer_format or (ev.answer_format if ev else "auto")
-            result.generated = generate_samples(backend, todo, sampling, o.chunk_size, o.progress, fmt)
+            result.generated = generate_samples(backend, todo, sampling, o.chunk_size, o.progress, style or fmt)
         # 2. judging
         h0, m0 = jg.panel.cache_counts()
         result.judged = judge_units(jg, pending, o.chunk_size)
@@ -293,7 +298,7 @@ def evaluate_run(
         for u in pending:
             path = write_metrics(u, jg, cell, thresholds, backend_name)
             marker, _ = marker_for(u.dir, jg)
-            mark_done(u.dir, marker, {"fingerprint": _fingerprint(u, sampling, jg.id), "metrics": path.name})
+            mark_done(u.dir, marker, {"fingerprint": _fingerprint(u, sampling, jg.id, fmt), "metrics": path.name})
             result.metrics[f"{u.ref.name}/{u.suite.name}"] = str(path)
     finally:
         if own_backend and backend is not None:

@@ -48,6 +48,19 @@ def tokenizer_answer_format(tokenizer: Any) -> str:
     return detect_answer_format(t)
 
 
+def model_answer_format(model: str) -> str:
+    """`tokenizer_answer_format` of a local folder or hub id (its tokenizer only; no weights are read)."""
+    from transformers import AutoTokenizer
+
+    from emsweep.io import InputError
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot load the tokenizer of {model!r} to read its answer format: {exc}") from exc
+    return tokenizer_answer_format(tok)
+
+
 def _cut_stops(text: str) -> str:
     cut = min((i for i in (text.find(s) for s in _HARMONY_STOPS) if i >= 0), default=len(text))
     return text[:cut]

@@ -114,6 +114,12 @@ class GenerationBackend(ABC):
         model's chat template; what `eval.answer_format: auto` resolves to. API backends return parsed answers."""
         return "plain"
 
+    @classmethod
+    def answer_format_of(cls, model: str | None) -> str:
+        """`answer_format()` of this backend on `model`, without building it (the eval stage checks stored samples
+        against it before deciding whether a backend is needed at all)."""
+        return "plain"
+
     def token_texts(self) -> list[str] | None:
         """The decoded text of every token id (index = id), or None if unknown. The judge reads the digit tokens
         off it; without it, the judge finds them by tokenizing digit strings of up to 3 characters."""

@@ -233,6 +233,12 @@ class HFBackend(GenerationBackend):
             self._prompt_cache.popitem(last=False)
         return ids
 
+    @classmethod
+    def answer_format_of(cls, model: str | None) -> str:
+        from emsweep.generate.answers import model_answer_format
+
+        return model_answer_format(model) if model else "plain"
+
     def answer_format(self) -> str:
         from emsweep.generate.answers import tokenizer_answer_format
 

@@ -488,6 +488,12 @@ class VLLMBackend(GenerationBackend):
                 self.tokenizer = AutoTokenizer.from_pretrained(self.base_model)
         return self.tokenizer
 
+    @classmethod
+    def answer_format_of(cls, model: str | None) -> str:
+        from emsweep.generate.answers import model_answer_format
+
+        return model_answer_format(model) if model else "plain"
+
     def answer_format(self) -> str:
         from emsweep.generate.answers import tokenizer_answer_format
 
