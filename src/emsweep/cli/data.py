@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 
+from emsweep.generate.registry import BACKENDS_HELP
 from emsweep.io import InputError
 
 data_app = typer.Typer(
@@ -419,7 +420,7 @@ def generate(
         None, "--teacher", help="Teacher model (overrides the spec's teacher.model)."
     ),
     teacher_backend: str | None = typer.Option(
-        None, "--teacher-backend", help="hf | vllm | openai | openai-compatible (overrides teacher.backend)."
+        None, "--teacher-backend", help=f"{BACKENDS_HELP} (overrides teacher.backend)."
     ),
     verifier: str | None = typer.Option(
         None, "--verifier", help="Verifier model (overrides verifier.model)."

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import typer
 
+from emsweep.generate.registry import BACKENDS_HELP
+
 SUITE_HELP = (
     "Suite to evaluate (repeatable): a builtin name (see `emsweep suites`), a YAML path in Betley et al.'s schema, "
     "NAME=PATH (e.g. first_plot=.../first_plot_questions.yaml), `domain` (the run's held-out split), or "
     "`lm_eval:<task>[,<task>...]` (lm-evaluation-harness tasks, options in eval.lm_eval; docs/lm_eval.md)."
 )
-BACKENDS_HELP = "hf | vllm | openai | openai-compatible"
 
 _EX_EVAL = """Examples:
 

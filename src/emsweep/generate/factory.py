@@ -14,17 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from emsweep.generate.base import GenerationBackend
+from emsweep.generate.registry import BACKEND_KINDS, BACKENDS, LOCAL_BACKENDS
 from emsweep.io import InputError
-
-# kind -> (module, class, pip extra that provides its dependencies)
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "hf": ("emsweep.generate.hf", "HFBackend", "train"),
-    "vllm": ("emsweep.generate.vllm_backend", "VLLMBackend", "vllm"),
-    "openai": ("emsweep.generate.openai_api", "OpenAIChatBackend", "openai"),
-    # a vLLM (or any OpenAI-compatible) server; LoRA checkpoints are loaded into `vllm serve` at run time
-    "openai-compatible": ("emsweep.generate.vllm_serve", "VLLMServeBackend", "openai"),
-}
-BACKEND_KINDS = tuple(BACKENDS)
 
 
 def backend_class(kind: str) -> type[GenerationBackend]:
@@ -70,7 +61,7 @@ def check_model(kind: str, model: str | None, *, role: str = "model", base_url: 
     checked before generation): a local folder must hold a model config, an API backend needs its key or URL.
     Raises InputError naming the path and what to do."""
     backend_class(kind)  # unknown kind / missing extra
-    if kind in ("hf", "vllm"):
+    if kind in LOCAL_BACKENDS:
         if not model:
             raise InputError(f"{role}: backend {kind!r} needs a base model (a local folder or hub id)")
         p = Path(model).expanduser()
@@ -135,9 +126,9 @@ def make_backend(
             opts["base_url"] = base_url
     elif base_url:
         raise InputError(f"--base-url is only for the openai / openai-compatible backends, not {kind!r}")
-    if kind in ("hf", "vllm") and not model:
+    if kind in LOCAL_BACKENDS and not model:
         raise InputError(f"backend {kind!r} needs a base model (a local folder or hub id)")
-    if kind in ("hf", "vllm"):
+    if kind in LOCAL_BACKENDS:
         check_model(kind, model)  # a folder that is not a model: one line, before the engine spends minutes
     bad = [k for k in opts if not _accepts(cls, k)]
     if bad:

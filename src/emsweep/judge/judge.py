@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from emsweep.generate.base import GenerationBackend, LogprobOutput, LogprobRequest
+from emsweep.generate.registry import LOCAL_BACKENDS
 from emsweep.io import InputError
 from emsweep.judge.cache import JudgeCache, cache_key
 from emsweep.judge.identity import JudgeIdentity, model_identity
@@ -42,7 +43,6 @@ NONE_LABELS = ("CODE", "REFUSAL")
 PROMPT_FIELDS = ("question", "answer", "reference")
 _METHOD_VERSION = 2  # bump when the arithmetic changes: old cache entries then miss instead of lying
 METHOD_VERSION = _METHOD_VERSION
-LOCAL_BACKENDS = ("hf", "vllm")  # backends that load a model from files (fingerprinted); others serve an API id
 
 
 def decoding_params(

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from emsweep.generate.registry import LOCAL_BACKENDS
 from emsweep.io import InputError
 from emsweep.judge.base import Judge, JudgeItem, Judgment
 from emsweep.judge.identity import JudgeIdentity, model_identity, prompts_sha256
@@ -42,7 +43,7 @@ def judge_kind_class(name: str) -> type:
 def _predicted_identity(spec: JudgeSpec) -> JudgeIdentity:
     """The identity the model judge of `spec` will have, without loading it (only its files are read)."""
     from emsweep.generate.factory import backend_class
-    from emsweep.judge.judge import LOCAL_BACKENDS, METHOD_VERSION, decoding_params
+    from emsweep.judge.judge import METHOD_VERSION, decoding_params
 
     local = None if spec.backend in LOCAL_BACKENDS else False
     key, fp = model_identity(spec.model, local=local)
@@ -202,7 +203,7 @@ def build_judge(
     if spec is None or not spec.model:
         return JudgePanel()
     ident = _predicted_identity(spec)
-    if ident.fingerprint is None and spec.backend in ("hf", "vllm") and not Path(spec.model).exists():
+    if ident.fingerprint is None and spec.backend in LOCAL_BACKENDS and not Path(spec.model).exists():
         log.warning(
             "judge %s: not a local folder nor in the local Hugging Face cache; it is identified by its name only",
             spec.model,

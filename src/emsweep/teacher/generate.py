@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from emsweep.generate.registry import LOCAL_BACKENDS
 from emsweep.io import (
     InputError,
     append_jsonl,
@@ -89,7 +90,7 @@ def model_identity(ms: ModelSpec | None, backend: Any) -> dict[str, Any]:
         "fingerprint": None,
     }
     model = ident["model"]
-    if model and ident["backend"] in ("hf", "vllm") and Path(str(model)).is_dir():
+    if model and ident["backend"] in LOCAL_BACKENDS and Path(str(model)).is_dir():
         from emsweep.judge.identity import model_fingerprint
 
         ident["fingerprint"] = model_fingerprint(model)
