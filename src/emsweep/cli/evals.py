@@ -6,6 +6,7 @@ Heavy imports (torch, transformers, the backends) happen inside the commands so 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -16,6 +17,23 @@ SUITE_HELP = (
     "NAME=PATH (e.g. first_plot=.../first_plot_questions.yaml), `domain` (the run's held-out split), or "
     "`lm_eval:<task>[,<task>...]` (lm-evaluation-harness tasks, options in eval.lm_eval; docs/lm_eval.md)."
 )
+
+# The judge options `eval` and `judge` share (typer reads the help from the Annotated metadata).
+JudgeModel = Annotated[str | None, typer.Option("--judge", help="Judge model: a local folder or a model id.")]
+JudgeBackend = Annotated[
+    str | None, typer.Option(help=f"Judge backend: {BACKENDS_HELP} (default: hf for a local folder, else the recipe's judge backend or openai).")
+]
+JudgeBaseUrl = Annotated[str | None, typer.Option(help="Server URL for an openai-compatible judge.")]
+JudgeCachePath = Annotated[
+    Path | None, typer.Option(help="Judge cache (sqlite; default <run>/eval/judge_cache.sqlite).")
+]
+JudgeMinMass = Annotated[
+    float | None, typer.Option(help="Score is None when numbers hold under this probability (Betley: 0.25).")
+]
+JudgeMaxPrunedMass = Annotated[
+    float | None,
+    typer.Option(help="Probability the judge's digit trie may leave unexplored (default 2e-9; part of its identity)."),
+]
 
 _EX_EVAL = """Examples:
 
@@ -100,18 +118,12 @@ def register(app: typer.Typer) -> None:
         ),
         base_model: str = typer.Option(None, help="Base model folder / hub id (default: from cell.json)."),
         base_url: str = typer.Option(None, help="Server URL for openai-compatible generation."),
-        judge: str = typer.Option(None, "--judge", help="Judge model: a local folder or a model id."),
-        judge_backend: str = typer.Option(None, help=f"Judge backend: {BACKENDS_HELP} (local folder: hf)."),
-        judge_base_url: str = typer.Option(None, help="Server URL for an openai-compatible judge."),
-        judge_cache: Path = typer.Option(
-            None, help="Judge cache (sqlite; default <run>/eval/judge_cache.sqlite)."
-        ),
-        judge_min_mass: float = typer.Option(
-            None, help="Score is None when numbers hold under this probability (Betley: 0.25)."
-        ),
-        judge_max_pruned_mass: float = typer.Option(
-            None, help="Probability the judge's digit trie may leave unexplored (default 2e-9; part of its identity)."
-        ),
+        judge: JudgeModel = None,
+        judge_backend: JudgeBackend = None,
+        judge_base_url: JudgeBaseUrl = None,
+        judge_cache: JudgeCachePath = None,
+        judge_min_mass: JudgeMinMass = None,
+        judge_max_pruned_mass: JudgeMaxPrunedMass = None,
         samples: int = typer.Option(
             None, "--samples", "-n", min=1, help="Samples per paraphrase (overrides the suites; >= 1)."
         ),
@@ -166,25 +178,17 @@ def register(app: typer.Typer) -> None:
             help="A run folder that `emsweep eval` already generated samples in, or a judged CSV in Betley et "
             "al.'s layout (question, answer, question_id, aligned, coherent) to re-judge.",
         ),
-        judge: str = typer.Option(None, "--judge", help="Judge model: a local folder or a model id."),
-        judge_backend: str = typer.Option(
-            None, help=f"Judge backend: {BACKENDS_HELP} (local folder: hf, else openai)."
-        ),
+        judge: JudgeModel = None,
+        judge_backend: JudgeBackend = None,
         judge_recipe: Path = typer.Option(
             None,
             "--judge-recipe",
             help="CSV input: a judge YAML (recipes/judges/*.yaml: model, backend, engine) instead of --judge.",
         ),
-        judge_base_url: str = typer.Option(None, help="Server URL for an openai-compatible judge."),
-        judge_cache: Path = typer.Option(
-            None, help="Judge cache (sqlite; default <run>/eval/judge_cache.sqlite)."
-        ),
-        judge_min_mass: float = typer.Option(
-            None, help="Score is None when numbers hold under this probability (Betley: 0.25)."
-        ),
-        judge_max_pruned_mass: float = typer.Option(
-            None, help="Probability the judge's digit trie may leave unexplored (default 2e-9; part of its identity)."
-        ),
+        judge_base_url: JudgeBaseUrl = None,
+        judge_cache: JudgeCachePath = None,
+        judge_min_mass: JudgeMinMass = None,
+        judge_max_pruned_mass: JudgeMaxPrunedMass = None,
         suite: list[str] = typer.Option(
             None, "--suite", "-s", help="Only these suite names (default: all found)."
         ),
