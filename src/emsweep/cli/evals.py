@@ -21,7 +21,11 @@ SUITE_HELP = (
 # The judge options `eval` and `judge` share (typer reads the help from the Annotated metadata).
 JudgeModel = Annotated[str | None, typer.Option("--judge", help="Judge model: a local folder or a model id.")]
 JudgeBackend = Annotated[
-    str | None, typer.Option(help=f"Judge backend: {BACKENDS_HELP} (default: hf for a local folder, else the recipe's judge backend or openai).")
+    str | None,
+    typer.Option(
+        help=f"Judge backend: {BACKENDS_HELP} (default: hf for a local folder, else the recipe's judge backend "
+        "or openai)."
+    ),
 ]
 JudgeBaseUrl = Annotated[str | None, typer.Option(help="Server URL for an openai-compatible judge.")]
 JudgeCachePath = Annotated[
