@@ -171,3 +171,23 @@ def test_sweep_run_cli_parallel_cells_wait_with_exit_75(fake, make_sweep):
     for c in sweep.cells:
         assert is_done(c.root, "mix") and not is_done(c.root, "train")
         assert "waiting for OpenAI job ftjob-" in (c.paths.logs_dir / "cell.out").read_text()
+
+
+def test_slurm_executor_refuses_untrained_openai_cells_before_submitting(fake, make_sweep, monkeypatch):
+    """A SLURM task for an OpenAI cell would only wait on the API (and show as failed while it waits): the SLURM
+    executor says to run those cells locally, before anything is written or submitted."""
+    import emsweep.launch.slurm as slurm
+
+    submitted = []
+    monkeypatch.setattr(slurm, "run_sweep_slurm", lambda *a, **k: submitted.append(a))
+    path = make_sweep(fractions=(0.5, 1.0), n_train=20)
+    out = CliRunner().invoke(app, ["sweep", "run", str(path), "--executor", "slurm"])
+    from emsweep.io import InputError
+
+    assert isinstance(out.exception, InputError), out.output  # `emsweep` prints it as one line, exit 2
+    text = str(out.exception)
+    assert "2 cell(s) are `method: openai`" in text and "--create-openai-jobs" in text
+    assert submitted == [] and sum(fake.calls.values()) == 0
+    # the eval stage alone is not refused (it calls the API from wherever it runs)
+    out = CliRunner().invoke(app, ["sweep", "run", str(path), "--executor", "slurm", "--stages", "eval"])
+    assert len(submitted) == 1, out.output
