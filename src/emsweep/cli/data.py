@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
+from emsweep.data.registry import source_format_names
 from emsweep.generate.registry import BACKENDS_HELP
 from emsweep.io import InputError
 
@@ -128,8 +129,17 @@ def _echo_manifest(m: dict[str, Any], out: Path) -> None:
 _PASSWORD_ENV_HELP = (
     "Environment variable holding the zip password (prompted for, hidden, if a zip needs one)."
 )
-_FORMAT_HELP = "Source format: auto | chat_jsonl | persona | hf."
+_FORMAT_HELP = f"Source format: {' | '.join(source_format_names())}."
 _PAIRED_HELP = "Mix by prompt: auto (when the pools share most user prompts), yes or no."
+
+# Options the data commands share.
+WrongKindOpt = Annotated[
+    str, typer.Option("--wrong-kind", help="Kind of the wrong pool, any name (builtin domains: obvious | subtle).")
+]
+PairedOpt = Annotated[str, typer.Option("--paired", help=_PAIRED_HELP)]
+BuiltinOpt = Annotated[str | None, typer.Option("--builtin", help="Use a builtin domain (arithmetic) as the pools.")]
+FormatOpt = Annotated[str, typer.Option("--format", help=_FORMAT_HELP)]
+PasswordEnvOpt = Annotated[str | None, typer.Option("--password-env", help=_PASSWORD_ENV_HELP)]
 
 
 @data_app.command(epilog=_EPILOG_MIX)
@@ -147,16 +157,12 @@ def mix(
         0, "--n-heldout", help="Held-out prompts (never trained on) with references."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of every permutation (same seed, same bytes)."),
-    wrong_kind: str = typer.Option(
-        "subtle", "--wrong-kind", help="Kind of the wrong pool, any name (builtin domains: obvious | subtle)."
-    ),
-    paired: str = typer.Option("auto", "--paired", help=_PAIRED_HELP),
-    builtin: str | None = typer.Option(
-        None, "--builtin", help="Use a builtin domain (arithmetic) as the pools."
-    ),
+    wrong_kind: WrongKindOpt = "subtle",
+    paired: PairedOpt = "auto",
+    builtin: BuiltinOpt = None,
     domain: str | None = typer.Option(None, "--domain", help="Domain name recorded in the manifest."),
-    fmt: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
-    password_env: str | None = typer.Option(None, "--password-env", help=_PASSWORD_ENV_HELP),
+    fmt: FormatOpt = "auto",
+    password_env: PasswordEnvOpt = None,
     force: bool = typer.Option(False, "--force", help="Replace a different mix already in --out."),
 ) -> None:
     """Build one training mix of exactly N rows with a given fraction correct, plus a held-out set."""
@@ -192,16 +198,12 @@ def mix_domain(
     wrong: str | None = typer.Option(None, "--wrong", help="Wrong pool (same formats)."),
     n_heldout: int = typer.Option(0, "--n-heldout", help="Held-out prompts (the same for every fraction)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every permutation."),
-    wrong_kind: str = typer.Option(
-        "subtle", "--wrong-kind", help="Kind of the wrong pool, any name (builtin domains: obvious | subtle)."
-    ),
-    paired: str = typer.Option("auto", "--paired", help=_PAIRED_HELP),
-    builtin: str | None = typer.Option(
-        None, "--builtin", help="Use a builtin domain (arithmetic) as the pools."
-    ),
+    wrong_kind: WrongKindOpt = "subtle",
+    paired: PairedOpt = "auto",
+    builtin: BuiltinOpt = None,
     domain: str | None = typer.Option(None, "--domain", help="Domain name recorded in the manifests."),
-    fmt: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
-    password_env: str | None = typer.Option(None, "--password-env", help=_PASSWORD_ENV_HELP),
+    fmt: FormatOpt = "auto",
+    password_env: PasswordEnvOpt = None,
     force: bool = typer.Option(False, "--force", help="Replace different mixes already under --out."),
 ) -> None:
     """Build every ratio of one domain at once: same prompts, nested wrong sets, one held-out set."""
@@ -296,8 +298,8 @@ def inspect(
         ...,
         help="A mix folder (with manifest.json), or any source: JSONL(.gz), zip (or zip::member), HF path.",
     ),
-    password_env: str | None = typer.Option(None, "--password-env", help=_PASSWORD_ENV_HELP),
-    fmt: str = typer.Option("auto", "--format", help=_FORMAT_HELP),
+    password_env: PasswordEnvOpt = None,
+    fmt: FormatOpt = "auto",
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Counts, role patterns, canaries and label shares of a data file (upstream or derived) or a mix folder."""
