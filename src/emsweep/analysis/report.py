@@ -405,6 +405,10 @@ def _build_report(
 
     parts.append(_judge_metrics_html(df))
 
+    from emsweep.analysis.judge_agreement_report import judge_agreement_html  # folders with a second judge
+
+    parts.append(judge_agreement_html(Path(root), out_dir, n_boot=n_boot, seed=seed))
+
     from emsweep.analysis.lm_eval_report import lm_eval_html  # lm-evaluation-harness tasks (evals/lm_eval.py)
 
     parts.append(lm_eval_html(df, out_dir, links.num))

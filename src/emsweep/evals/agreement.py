@@ -155,7 +155,7 @@ def read_judgments(path: str | os.PathLike[str], metrics: list[str] | None = Non
     raise InputError(f"{p}: expected a Betley evaluation .csv, an emsweep judgments*.jsonl, or a folder")
 
 
-def _pair(a: list[Row], b: list[Row]) -> list[tuple[dict, dict, str]]:
+def pair_rows(a: list[Row], b: list[Row]) -> list[tuple[dict, dict, str]]:
     """(A's scores, B's scores, A's question id) for every (question, answer) in both, matched in file order."""
     pool: dict[Key, list[dict]] = defaultdict(list)
     for k, s, _ in b:
@@ -221,7 +221,7 @@ def agreement(
     """Agreement statistics of two judgment lists (see the module docstring)."""
     from scipy.stats import spearmanr
 
-    triples = _pair(a, b)
+    triples = pair_rows(a, b)
     pairs = [(sa, sb) for sa, sb, _ in triples]
     metrics = sorted({m for s, _ in pairs for m in s} & {m for _, s in pairs for m in s})
     out: dict[str, Any] = {
@@ -319,7 +319,7 @@ def judge_agreement(
         )
     res["a"], res["b"] = str(a_path), str(b_path)
     if plot is not None:
-        res["plot"] = str(scatter_plot(_pair(a, b), res, plot, labels=(str(a_path), str(b_path))))
+        res["plot"] = str(scatter_plot(pair_rows(a, b), res, plot, labels=(str(a_path), str(b_path))))
     return res
 
 
