@@ -28,7 +28,6 @@ from emsweep.openai_ft.prices import load_prices
 CREATE_FLAG = "--create-openai-jobs"  # the executor's consent to spend (`emsweep sweep run`, `emsweep train`)
 
 
-
 class OpenAIJobFailed(RuntimeError):
     """The cell's job failed or was cancelled: this cell fails, the sweep's other cells go on."""
 
