@@ -131,18 +131,9 @@ def run(
 
         if create_openai_jobs:
             raise InputError("--create-openai-jobs works with --executor local (OpenAI jobs need no GPU node)")
-        from emsweep.io import is_done
+        from emsweep.launch.openai_arm import check_not_on_slurm
 
-        api = [c.id for c in sweep.cells if c.recipe.method == "openai" and not is_done(c.root, "train")]
-        if api and "train" in st:
-            shown = ", ".join(api[:3]) + (f" (+{len(api) - 3} more)" if len(api) > 3 else "")
-            raise InputError(
-                f"{sweep_file}: {len(api)} cell(s) are `method: openai` and not trained yet ({shown}): OpenAI trains "
-                "them, not a GPU node, so a SLURM task would only wait on the API. Run them with the local executor: "
-                f"`emsweep sweep run {sweep_file} --create-openai-jobs`, then rerun until it exits 0 "
-                "(docs/openai.md, \"Through the executor\")"
-            )
-
+        check_not_on_slurm(sweep, st)
         run_sweep_slurm(sweep, dry_run=dry_run, max_parallel=max_parallel, stages=st, report=report)
         return
     if executor != "local":

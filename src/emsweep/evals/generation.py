@@ -20,6 +20,11 @@ from emsweep.io import append_jsonl, atomic_write_jsonl, atomic_write_text
 log = logging.getLogger(__name__)
 
 
+def _format_of(backend: GenerationBackend) -> str:
+    detect = getattr(backend, "answer_format", None)  # duck-typed backends without it are plain
+    return detect() if detect else "plain"
+
+
 def resolve_answer_format(
     answer_format: str, backend: GenerationBackend | None, backend_kind: str, model: str | None
 ) -> str | None:
@@ -29,8 +34,7 @@ def resolve_answer_format(
     if answer_format != "auto":
         return answer_format
     if backend is not None:
-        detect = getattr(backend, "answer_format", None)  # duck-typed backends without it are plain
-        return detect() if detect else "plain"
+        return _format_of(backend)
     from emsweep.generate.factory import backend_class
     from emsweep.io import InputError
 
@@ -108,8 +112,7 @@ def generate_samples(
 
     from emsweep.generate.answers import final_answer
 
-    detect = getattr(backend, "answer_format", None)  # duck-typed backends without it are plain
-    style = (detect() if detect else "plain") if answer_format == "auto" else answer_format
+    style = _format_of(backend) if answer_format == "auto" else answer_format
 
     total = sum(len(req.meta["missing"]) for _, req in todo)
     from emsweep.terminal import stage_task

@@ -98,13 +98,32 @@ def finetune(target: str | Path, **kwargs: Any) -> dict[str, Any]:
     return run(sweep, mix=mix_stage(sweep), **kwargs)
 
 
+def untrained_openai_cells(cells: Sequence[Cell]) -> list[Cell]:
+    """`method: openai` cells whose train stage is not done yet."""
+    return [c for c in cells if c.recipe.method == "openai" and not is_done(c.root, "train")]
+
+
 def cells_without_job(sweep: Sweep, cells: Sequence[Cell]) -> list[str]:
     """`method: openai` cells whose train stage would have to create a job (nothing trained, none recorded)."""
-    api = [c for c in cells if c.recipe.method == "openai" and not is_done(c.root, "train")]
+    api = untrained_openai_cells(cells)
     if not api:
         return []
     ledger = Ledger(sweep.root).read()["cells"]
     return [c.id for c in api if not (ledger.get(c.id) or {}).get("job_id")]
+
+
+def check_not_on_slurm(sweep: Sweep, stages: Sequence[str]) -> None:
+    """Before a SLURM submission: OpenAI trains `method: openai` cells, so a cluster task would only wait on the API
+    (and show as failed while it waits); such cells run with the local executor instead."""
+    api = [c.id for c in untrained_openai_cells(sweep.cells)] if "train" in stages else []
+    if api:
+        shown = ", ".join(api[:3]) + (f" (+{len(api) - 3} more)" if len(api) > 3 else "")
+        raise InputError(
+            f"{sweep.source}: {len(api)} cell(s) are `method: openai` and not trained yet ({shown}): OpenAI trains "
+            "them, not a GPU node, so a SLURM task would only wait on the API. Run them with the local executor: "
+            f"`emsweep sweep run {sweep.source} --create-openai-jobs`, then rerun until it exits 0 "
+            '(docs/openai.md, "Through the executor")'
+        )
 
 
 def check_consent(sweep: Sweep, cells: Sequence[Cell], stages: Sequence[str], create_jobs: bool) -> None:
